@@ -1,0 +1,128 @@
+"""Settings from the environment (`DASHBOARD_*`). Call `Settings.from_env()`, then pass it to `create_app()`.
+
+Every field has an environment variable named `DASHBOARD_<FIELD>` in upper case; the README lists them.
+Tests build `Settings(...)` directly with scaled-down timings instead of patching constants.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+MIN_SECRET_BYTES = 32
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _parse_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All server settings; times are in the unit their name says (`_ms`, `_s`)."""
+
+    var_dir: str = "var"
+    db: str = ""  # empty: <var_dir>/dashboard.db; ":memory:" for tests
+    jwt_secret: str = ""  # empty: generated once and kept in <var_dir>/jwt-secret
+    jwt_issuer: str = "orchestrator-dashboard"
+    jwt_audience: str = "dashboard"
+    jwt_leeway_s: int = 0
+    token_ttl_s: int = 3600
+    heartbeat_interval_ms: int = 30000
+    heartbeat_misses: int = 2
+    reconnect_base_ms: int = 1000
+    reconnect_max_ms: int = 16000
+    reconnect_max_attempts: int = 10
+    connect_timeout_ms: int = 10000
+    suspended_retry_ms: int = 60000
+    demo: bool = False
+    demo_activity: bool = False
+    demo_activity_interval_ms: int = 4000
+    allowed_origins: tuple[str, ...] = ()  # empty: same-origin only
+    max_connections_per_user: int = 20  # 0 = no cap
+    max_subscriptions: int = 64
+    max_message_bytes: int = 65536
+    rate_limit_per_s: float = 20.0  # sustained client messages per second per connection
+    rate_limit_burst: int = 60
+    send_queue_size: int = 256  # per-connection outbound queue; overflow closes 4008
+    restart_window_ms: int = 5000  # clients spread their reconnect over this after SIGTERM
+    history_size: int = 1000
+    history_ttl_s: float = 120.0
+    bus_url: str = "memory://"
+    log_level: str = "info"
+    ws_path: str = "/ws/status-updates"
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read every `DASHBOARD_*` variable; unknown or malformed values raise `ValueError`."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"DASHBOARD_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = f.default
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = _parse_bool(raw)
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = _parse_list(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"DASHBOARD_{f.name.upper()}: {exc}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def db_path(self) -> str:
+        return self.db or str(Path(self.var_dir) / "dashboard.db")
+
+    def resolved_jwt_secret(self) -> bytes:
+        """The HS256 key: the configured one, or one generated once under `var_dir` and reused."""
+        if self.jwt_secret:
+            key = self.jwt_secret.encode()
+        else:
+            path = Path(self.var_dir) / "jwt-secret"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(48))
+            key = path.read_text().strip().encode()
+        if len(key) < MIN_SECRET_BYTES:
+            raise ValueError(f"DASHBOARD_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        return key
+
+    def client_config(self) -> dict[str, object]:
+        """What `GET /api/config` hands the browser client."""
+        return {
+            "wsPath": self.ws_path,
+            "heartbeatIntervalMs": self.heartbeat_interval_ms,
+            "heartbeatMisses": self.heartbeat_misses,
+            "reconnectBaseMs": self.reconnect_base_ms,
+            "reconnectMaxMs": self.reconnect_max_ms,
+            "reconnectMaxAttempts": self.reconnect_max_attempts,
+            "connectTimeoutMs": self.connect_timeout_ms,
+            "suspendedRetryMs": self.suspended_retry_ms,
+            "restartWindowMs": self.restart_window_ms,
+        }

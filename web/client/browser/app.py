@@ -1,0 +1,359 @@
+"""`DashboardApp`: the page controller. `main()` builds it and starts `boot()`.
+
+It signs in over REST, then builds one `Runtime` + `BrowserAdapter` per session, watches the
+cache keys the screen needs and renders them through `client.presenter` and `View`. User actions
+arrive through three delegated listeners (click, change, submit) and become runtime calls.
+"""
+
+import asyncio
+import json
+
+from client import presenter
+from client.runtime import Runtime
+
+from . import storage
+from .adapter import BrowserAdapter, socket_url
+from .ffi import js, now_ms, text, to_js, wall_ms
+from .view import View, attr, timezone_offset_min
+
+DEFAULT_CONFIG = {"wsPath": "/ws/status-updates"}
+
+
+def _entry(entry, name, default=None):
+    try:
+        value = getattr(entry, name)
+    except AttributeError:
+        try:
+            value = entry.get(name, default)
+        except AttributeError:
+            value = default
+    return default if value is None else value
+
+
+def _as_id(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _to_wall(monotonic_ms):
+    return None if monotonic_ms is None else wall_ms(monotonic_ms)
+
+
+class Session:
+    """One signed-in user: the runtime, its adapter, and the unsubscribe callables to run at the end."""
+
+    __slots__ = ("rt", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
+
+    def __init__(self, rt, adapter, user):
+        self.rt = rt
+        self.adapter = adapter
+        self.user = user
+        self.unsubs = []
+        self.project_subs = {}
+        self.detail_unsubs = []
+
+    def close(self):
+        for unsub in self.detail_unsubs + list(self.project_subs.values()) + self.unsubs:
+            try:
+                unsub()
+            except Exception:
+                pass
+        self.detail_unsubs = []
+        self.project_subs = {}
+        self.unsubs = []
+        self.adapter.stop()
+
+
+class DashboardApp:
+    """Login, session lifecycle, rendering of runtime data, and user actions."""
+
+    def __init__(self):
+        self.view = View()
+        self.config = dict(DEFAULT_CONFIG)
+        self.session = None
+        self.selected = None
+        self.projects = []
+        self.stories = None
+        self.escalations = None
+        self.pending = {}
+        self.seen_events = {}
+        self._intent = None
+        self.tz = timezone_offset_min()
+
+    async def boot(self):
+        """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
+        self.view.listen(self.on_click, self.on_change, self.on_submit)
+        try:
+            response = await js.fetch("/api/config", to_js({"cache": "no-store"}))
+            if int(response.status) == 200:
+                loaded = json.loads(text(await response.text()))
+                if isinstance(loaded, dict):
+                    self.config.update(loaded)
+        except Exception as exc:
+            js.console.warn("[WebSocket] config unavailable, using defaults: " + str(exc))
+        user = storage.user()
+        if storage.token() and user is not None:
+            self.start_session(user)
+        else:
+            self.view.show_login()
+            self.render_status()
+        self.view.ready()
+
+    # -- session ---------------------------------------------------------------------------
+
+    def start_session(self, user):
+        if self.session is not None:
+            self.end_session()
+        rt = Runtime(self.config, storage.token, ws_url=socket_url(self.config.get("wsPath") or "/ws/status-updates"))
+        adapter = BrowserAdapter(rt, storage.token, on_pumped=self.render_status)
+        session = Session(rt, adapter, user)
+        self.session = session
+        self.view.reset_app()
+        self.view.show_app(user)
+        session.unsubs.append(rt.on_mutation(self.on_mutation))
+        session.unsubs.append(rt.watch(("projects",), self.on_projects))
+        adapter.attach()
+        adapter.start()
+
+    def end_session(self):
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
+        self.selected = None
+        self.projects = []
+        self.stories = None
+        self.escalations = None
+        self.pending = {}
+        self.seen_events = {}
+
+    def logout(self):
+        self.end_session()
+        storage.clear()
+        self.view.reset_app()
+        self.view.show_login()
+        self.render_status()
+
+    async def login(self, username, password):
+        self.view.login_busy()
+        options = {
+            "method": "POST",
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({"username": username, "password": password}),
+            "cache": "no-store",
+        }
+        try:
+            response = await js.fetch("/api/auth/login", to_js(options))
+            status = int(response.status)
+            body = text(await response.text())
+        except Exception:
+            self.view.login_failed("Cannot reach the server. Check your connection and try again.")
+            return
+        if status != 200:
+            message = "Wrong username or password." if status in (400, 401, 403, 422) else "Sign-in failed (%d)." % status
+            self.view.login_failed(message)
+            return
+        try:
+            data = json.loads(body)
+            token = data["token"]
+        except (ValueError, KeyError, TypeError):
+            self.view.login_failed("The server sent an unexpected answer.")
+            return
+        storage.save(token, data.get("user") or {"name": username})
+        self.start_session(storage.user())
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render_status(self):
+        session = self.session
+        status = session.rt.status if session is not None else {"state": "idle", "attempt": 0}
+        badge = presenter.connection_badge(status, _to_wall, self.tz)
+        fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
+        banner = presenter.banner(status, _to_wall, self.tz) if session else None
+        self.view.connection(badge, fresh, banner)
+        if session is not None and status.get("state") == "auth-required":
+            self.view.show_login("Your session has ended. Please sign in again.")
+
+    def on_projects(self, entry):
+        data = _entry(entry, "data")
+        if data is not None:
+            self.projects = list(data)
+        if not self.projects and _entry(entry, "state") == "error":
+            self.view.projects_html('<p class="empty error">Could not load projects: %s</p>'
+                                    % presenter.escape(_entry(entry, "error", "")))
+            return
+        if not self.projects and _entry(entry, "state") in ("idle", "loading"):
+            self.view.projects_html('<p class="empty">Loading projects…</p>')
+            return
+        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        session = self.session
+        if session is None:
+            return
+        for project in self.projects:
+            pid = project.get("id")
+            if pid not in session.project_subs:
+                session.project_subs[pid] = session.rt.subscribe(pid, self.on_event)
+        if self.selected is None and self.projects:
+            self.open_project(self.projects[0].get("id"))
+        else:
+            self.render_header()
+
+    def open_project(self, pid):
+        session = self.session
+        if session is None or pid is None:
+            return
+        for unsub in session.detail_unsubs:
+            unsub()
+        session.detail_unsubs = []
+        self.selected = pid
+        self.stories = None
+        self.escalations = None
+        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        self.view.board_html('<p class="empty">Loading stories…</p>')
+        self.view.escalations_html('<li class="empty">Loading escalations…</li>')
+        self.render_header()
+        session.detail_unsubs.append(session.rt.watch(("stories", pid), self.on_stories))
+        session.detail_unsubs.append(session.rt.watch(("escalations", pid), self.on_escalations))
+        session.adapter.pump()
+
+    def render_header(self):
+        project = None
+        for item in self.projects:
+            if item.get("id") == self.selected:
+                project = item
+        if project is None:
+            return
+        self.view.project_header(project.get("name") or project.get("id"), project.get("description") or "", "")
+
+    def _pending_ids(self, kind):
+        return [intent.get("target") for intent in self.pending.values() if intent.get("kind") == kind]
+
+    def on_stories(self, entry):
+        data = _entry(entry, "data")
+        if data is None:
+            if _entry(entry, "state") == "error":
+                self.view.board_html('<p class="empty error">Could not load stories: %s</p>'
+                                     % presenter.escape(_entry(entry, "error", "")))
+            return
+        self.stories = list(data)
+        self.view.board_html(presenter.board_html(self.stories, self._pending_ids("move_story")))
+
+    def on_escalations(self, entry):
+        data = _entry(entry, "data")
+        if data is None:
+            if _entry(entry, "state") == "error":
+                self.view.escalations_html('<li class="empty error">Could not load escalations: %s</li>'
+                                           % presenter.escape(_entry(entry, "error", "")))
+            return
+        self.escalations = list(data)
+        self.view.escalations_html(
+            presenter.escalations_html(self.escalations, self.tz, self._pending_ids("resolve_escalation"))
+        )
+
+    def on_event(self, event):
+        if not isinstance(event, dict):
+            return
+        key = (event.get("projectId"), event.get("epoch"), event.get("seq"))
+        if event.get("seq") is not None:
+            if key in self.seen_events:
+                return
+            self.seen_events[key] = True
+        self.view.add_event(presenter.event_item_html(event, self.tz))
+
+    def on_mutation(self, record):
+        intent = self.pending.pop(record.get("id"), None) or self._intent or {}
+        intent["done"] = True
+        if not record.get("ok"):
+            self.view.show_notice(presenter.mutation_error_text(record, intent))
+        self.rerender_pending()
+
+    def rerender_pending(self):
+        if self.stories is not None:
+            self.view.board_html(presenter.board_html(self.stories, self._pending_ids("move_story")))
+        if self.escalations is not None:
+            self.view.escalations_html(
+                presenter.escalations_html(self.escalations, self.tz, self._pending_ids("resolve_escalation"))
+            )
+
+    # -- user actions ----------------------------------------------------------------------
+
+    def on_click(self, event):
+        target = event.target.closest("[data-action]")
+        if target is None or not target:
+            return
+        action = attr(target, "data-action")
+        session = self.session
+        if action == "dismiss-notice":
+            self.view.hide_notice()
+        elif action == "logout":
+            self.logout()
+        elif session is None:
+            return
+        elif action == "retry":
+            session.rt.retry_now(now_ms())
+            session.adapter.pump()
+        elif action == "open-project":
+            pid = attr(target, "data-project-id")
+            if pid != self.selected:
+                self.open_project(pid)
+        elif action == "resolve-escalation" and self.selected is not None:
+            eid = _as_id(attr(target, "data-escalation-id"))
+            intent = {"kind": "resolve_escalation", "target": eid}
+            self._mutate(intent, lambda rt: rt.resolve_escalation(self.selected, eid, now_ms()))
+            session.adapter.pump()
+            self.rerender_pending()
+
+    def _mutate(self, intent, call):
+        """Start a mutation and remember what the user meant, for the notice if it is refused."""
+        self._intent = intent
+        try:
+            mid = call(self.session.rt)
+        finally:
+            self._intent = None
+        if mid is not None and not intent.get("done"):
+            self.pending[mid] = intent
+        return mid
+
+    def on_change(self, event):
+        target = event.target
+        if attr(target, "data-action") != "move-story" or self.session is None or self.selected is None:
+            return
+        story_id = _as_id(attr(target, "data-story-id"))
+        to = text(target.value)
+        current = None
+        for story in self.stories or []:
+            if story.get("id") == story_id:
+                current = story.get("status")
+        if to == current:
+            return
+        self.view.hide_notice()
+        intent = {"kind": "move_story", "target": story_id, "story_id": story_id, "from": current, "to": to}
+        mid = self._mutate(intent, lambda rt: rt.move_story(self.selected, story_id, to, now_ms()))
+        self.session.adapter.pump()
+        self.rerender_pending()
+
+    def on_submit(self, event):
+        form = event.target
+        action = attr(form, "data-action")
+        if action not in ("login", "create-escalation"):
+            return
+        event.preventDefault()
+        if action == "login":
+            username, password = self.view.login_values()
+            asyncio.create_task(self.login(username.strip(), password))
+        elif self.session is not None and self.selected is not None:
+            title = self.view.escalation_title()
+            if not title:
+                return
+            intent = {"kind": "create_escalation", "target": None}
+            self._mutate(intent, lambda rt: rt.create_escalation(self.selected, title, now_ms()))
+            self.view.clear_escalation_title()
+            self.session.adapter.pump()
+
+
+def main():
+    """Entry point for `web/main.py`: build the app and start booting."""
+    app = DashboardApp()
+    asyncio.create_task(app.boot())
+    return app

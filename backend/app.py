@@ -34,18 +34,21 @@ VENDOR = {
 }
 
 
-def create_app(settings: Settings | None = None, *, bus: EventBus | None = None) -> Starlette:
-    """Build the ASGI app. `bus` overrides `settings.bus_url` (tests share one bus between apps)."""
+def create_app(settings: Settings | None = None, *, bus: EventBus | None = None, store: Store | None = None) -> Starlette:
+    """Build the ASGI app. `bus` overrides `settings.bus_url` (tests share one bus between apps);
+    `store` replaces the SQLite store (it is then neither opened, seeded nor closed here)."""
     settings = settings or Settings.from_env()
     settings.resolved_jwt_secret()  # fail fast on a short key
     metrics = Metrics()
-    store = Store(settings.db_path)
+    own_store = store is None
+    store = store if store is not None else Store(settings.db_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store.open()
-        if settings.demo:
-            demo.seed_if_empty(store)
+        if own_store:
+            store.open()
+            if settings.demo:
+                demo.seed_if_empty(store)
         event_bus = bus or from_url(settings.bus_url, settings)
         await event_bus.start()
         hub = Hub(settings, event_bus, metrics, store)
@@ -64,7 +67,8 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
             await hub.stop()
             if bus is None:
                 await event_bus.stop()
-            store.close()
+            if own_store:
+                store.close()
             log_event("server.stop")
 
     async def index(request: Request) -> Response:

@@ -1,0 +1,97 @@
+"""Command line: `dashboard serve --host H --port P` (also `python -m backend serve …`).
+
+Reads `Settings.from_env()`, sets up JSON logging (tokens redacted, uvicorn's access log included) and runs
+uvicorn with the websockets-sansio protocol, no per-message deflate, `ws_max_size = max_message_bytes`.
+On SIGTERM/SIGINT, `DashboardServer` drains the hub first (restart frame + close 1012 to every client)
+and only then lets uvicorn shut down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .logs import configure_logging, log_event
+from .settings import Settings
+
+DRAIN_WAIT_S = 3.0  # how long shutdown waits for clients to receive their restart frame and close
+GRACEFUL_SHUTDOWN_S = 10  # then uvicorn's own bound for the remaining tasks
+
+
+class DashboardServer(uvicorn.Server):
+    """uvicorn server that drains the real-time hub before uvicorn closes the sockets itself.
+
+    Without this, uvicorn answers SIGTERM by closing every WebSocket with 1012 before the lifespan
+    shutdown runs, so the app could not say goodbye. Call `serve()` as usual.
+    """
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        app = self.config.app
+        hub = getattr(getattr(app, "state", None), "hub", None)
+        if hub is not None and not hub.draining:
+            try:
+                await hub.drain(DRAIN_WAIT_S)
+            except Exception:  # never let a drain problem block the shutdown
+                logging.getLogger("dashboard").exception("drain failed")
+        await super().shutdown(sockets=sockets)
+
+
+def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn settings the real-time layer relies on (tests reuse them for in-process servers)."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.max_message_bytes,
+        "lifespan": "on",
+        "log_config": None,  # keep configure_logging()'s JSON handlers and RedactingFilter
+        "access_log": True,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "proxy_headers": False,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def _print_banner(settings: Settings, host: str, port: int) -> None:
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    print(f"Dashboard: http://{shown}:{port}/", file=sys.stderr, flush=True)
+    if settings.demo:
+        print("Demo logins: alice / alice-demo, bob / bob-demo", file=sys.stderr, flush=True)
+
+
+def serve(host: str, port: int, settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    server = DashboardServer(uvicorn_config(app, settings, host, port))
+    _print_banner(settings, host, port)
+    log_event("server.listen", host=host, port=port, ws_path=settings.ws_path)
+    server.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dashboard", description="Live dashboard for an agent orchestrator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the web server (settings from DASHBOARD_* variables)")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.command == "serve":
+        serve(args.host, args.port, settings)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

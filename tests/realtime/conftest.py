@@ -1,0 +1,28 @@
+"""Fixtures for the real-time tests; the helpers themselves live in `realtime_harness`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from realtime_harness import FakeStore, LiveServer, make_settings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveServer]:
+    """One server for a module: small limits so that caps are reachable, production heartbeat."""
+    settings = make_settings(
+        max_connections_per_user=4,
+        max_subscriptions=8,
+        rate_limit_per_s=20.0,
+        rate_limit_burst=40,
+        allowed_origins=("https://dash.example.com",),
+    )
+    with LiveServer(settings, FakeStore()) as server:
+        yield server

@@ -1,0 +1,201 @@
+"""Helpers for the real-time tests: settings with scaled-down timings, a fake store, tokens, an in-process
+uvicorn server (`LiveServer`, real sockets, same uvicorn options as `dashboard serve`) and small
+`websockets` client helpers with timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from backend.app import create_app
+from backend.auth import issue_token
+from backend.bus import EventBus
+from backend.cli import DashboardServer, uvicorn_config
+from backend.settings import Settings
+
+SECRET = "test-secret-" + "x" * 40
+MEMBERS = {"alice": {"apollo", "borealis"}, "bob": {"cassini"}}
+TIMEOUT = 5.0
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base = Settings(jwt_secret=SECRET, db=":memory:", var_dir="var-test-unused", heartbeat_interval_ms=30000)
+    return base.with_overrides(**overrides)
+
+
+class FakeStore:
+    """Stands in for `backend.storage.Store` where only membership matters."""
+
+    def __init__(self, members: dict[str, set[str]] | None = None) -> None:
+        self.members = {user: set(projects) for user, projects in (members or MEMBERS).items()}
+        self.membership_checks = 0
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_member(self, user_id: str, project_id: str) -> bool:
+        self.membership_checks += 1
+        return project_id in self.members.get(user_id, ())
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        if user_id not in self.members:
+            return None
+        return {"id": user_id, "name": user_id.title(), "projects": sorted(self.members[user_id])}
+
+
+def token_for(settings: Settings, user_id: str = "alice", **kwargs: Any) -> str:
+    return issue_token(settings, user_id, **kwargs)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A real uvicorn (`DashboardServer`) serving `create_app(settings)` in a background thread."""
+
+    def __init__(self, settings: Settings, store: Any | None = None, bus: EventBus | None = None) -> None:
+        self.settings = settings
+        self.store = store if store is not None else FakeStore()
+        self.app = create_app(settings, bus=bus, store=self.store)
+        self.port = free_port()
+        self.server = DashboardServer(uvicorn_config(self.app, settings, "127.0.0.1", self.port))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{self.settings.ws_path}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve()
+
+        asyncio.run(main())
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "uvicorn did not stop"
+
+    def sigterm(self) -> None:
+        """What uvicorn does on SIGTERM (signal handlers only exist in the main thread)."""
+        self.server.handle_exit(signal.SIGTERM, None)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self.stop()
+
+    # -- calling into the server's loop ---------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), TIMEOUT)
+
+    async def publish(self, project_id: str, event_type: str = "story.created", data: dict[str, Any] | None = None) -> Any:
+        return await self.call(self.app.state.bus.publish, project_id, event_type, data or {})
+
+    async def publish_many(self, project_id: str, count: int, event_type: str = "story.created") -> list[Any]:
+        async def run() -> list[Any]:
+            return [await self.app.state.bus.publish(project_id, event_type, {"n": n}) for n in range(count)]
+
+        return await self.call(run)
+
+    @property
+    def metrics(self) -> Any:
+        return self.app.state.metrics
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+
+# -- client helpers -----------------------------------------------------------------------------
+
+
+def open_ws(server: LiveServer, token: str | None = None, *, via: str = "subprotocol", **kwargs: Any) -> Any:
+    """`async with open_ws(server, token) as ws:`; `via` is "subprotocol" or "query"."""
+    url = server.url
+    subprotocols = ["dashboard.v1"]
+    if token is not None and via == "subprotocol":
+        subprotocols.append("bearer." + token)
+    elif token is not None:
+        url += "?token=" + token
+    kwargs.setdefault("open_timeout", TIMEOUT)
+    kwargs.setdefault("close_timeout", 2)
+    return connect(url, subprotocols=subprotocols, **kwargs)  # type: ignore[arg-type]
+
+
+async def recv(ws: ClientConnection, *, skip_pings: bool = True, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The next JSON message (server pings skipped unless asked)."""
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if skip_pings and message.get("type") == "ping":
+            continue
+        return message
+
+
+async def recv_type(ws: ClientConnection, type_: str, *, timeout: float = TIMEOUT) -> dict[str, Any]:
+    message = await recv(ws, timeout=timeout)
+    assert message.get("type") == type_, message
+    return message
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def subscribe(ws: ClientConnection, project_id: str, since: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Send subscribe; return every message up to and including the `subscribed` reply."""
+    payload: dict[str, Any] = {"action": "subscribe", "projectId": project_id}
+    if since is not None:
+        payload["since"] = since
+    await send(ws, payload)
+    messages = []
+    while True:
+        message = await recv(ws)
+        messages.append(message)
+        if message.get("type") in ("subscribed", "error"):
+            return messages
+
+
+async def close_code(ws: ClientConnection, *, timeout: float = TIMEOUT) -> tuple[int | None, list[dict[str, Any]]]:
+    """Read until the server closes; return `(close code, messages read meanwhile)`."""
+    messages: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+    except ConnectionClosed as closed:
+        return (closed.rcvd.code if closed.rcvd else None), messages

@@ -312,7 +312,7 @@ def mutation_error_text(record, intent=None):
         why = "the server could not be reached"
     else:
         why = "the server answered %s" % status
-    if reason and status not in (401, 403, 404):
+    if reason and status not in (0, None, 401, 403, 404):
         why += " (%s)" % reason
     kind = record.get("kind") or intent.get("kind")
     if kind == "move_story" or intent.get("kind") == "move_story":

@@ -1,0 +1,117 @@
+"""Layering rules of the browser client, checked on the source.
+
+- Only `web/client/browser/` and `web/main.py` may import `js`, `pyscript` or `pyodide`.
+- Both PyScript configs map every `web/client/**.py` into the browser FS, point the interpreter at a
+  local URL and never ask for `packages` (which would pull micropip from a CDN).
+- `index.html` loads PyScript from our own server only.
+"""
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "web"
+CLIENT = WEB / "client"
+BROWSER_ONLY = {"js", "pyscript", "pyodide", "jsffi", "polyscript"}
+VENDOR_DIRS = {
+    "/vendor/micropython/micropython.mjs": "@micropython/micropython-webassembly-pyscript/micropython.mjs",
+    "/vendor/pyodide/pyodide.mjs": "pyodide/pyodide.mjs",
+}
+CONFIGS = {
+    "pyscript.toml": "/vendor/micropython/micropython.mjs",
+    "pyscript-pyodide.toml": "/vendor/pyodide/pyodide.mjs",
+}
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def client_files() -> list[Path]:
+    return sorted(CLIENT.rglob("*.py"))
+
+
+def test_only_the_browser_adapter_imports_browser_modules():
+    offenders = []
+    for path in client_files():
+        if (CLIENT / "browser") in path.parents:
+            continue
+        bad = imported_roots(path) & BROWSER_ONLY
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert offenders == []
+
+
+def test_the_scan_sees_browser_imports():
+    # The adapter really imports js: proves the scan above can find what it forbids.
+    assert "js" in imported_roots(CLIENT / "browser" / "ffi.py")
+    assert "client" in imported_roots(WEB / "main.py")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_pyscript_config_maps_every_client_module(name):
+    config = tomllib.loads((WEB / name).read_text())
+    mapped = {}
+    for url, target in config.get("files", {}).items():
+        assert url.startswith("/web/client/"), url
+        mapped[url[len("/web/") :]] = target
+    expected = {path.relative_to(WEB).as_posix() for path in client_files()}
+    assert set(mapped) == expected
+    for source, target in mapped.items():
+        assert target == "./" + source
+
+
+@pytest.mark.parametrize("name,interpreter", sorted(CONFIGS.items()))
+def test_pyscript_config_stays_local(name, interpreter):
+    config = tomllib.loads((WEB / name).read_text())
+    assert config["interpreter"] == interpreter
+    assert (ROOT / "node_modules" / VENDOR_DIRS[interpreter]).is_file()
+    assert "packages" not in config
+    assert "js_modules" not in config
+
+
+def test_index_html_loads_everything_from_our_origin():
+    html = (ROOT / "index.html").read_text()
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    urls += re.findall(r"""import\(["']([^"']+)["']\)""", html)
+    assert "/vendor/pyscript/core.js" in urls
+    assert "/vendor/pyscript/core.css" in urls
+    assert 'href="data:,"' in html  # no automatic /favicon.ico request
+    for url in urls:
+        assert url.startswith("/") or url.startswith("data:"), url
+        assert not url.startswith("//"), url
+    assert "http://" not in html and "https://" not in html
+
+
+def render_config(interpreter: str) -> str:
+    """The text of a PyScript config for `interpreter` mapping every client module."""
+    kind = "MicroPython" if "micropython" in interpreter else "Pyodide"
+    lines = [
+        f"# PyScript config for the dashboard page ({kind}). Every web/client/**.py is mapped into the browser FS;",
+        "# regenerate with `python tests/web/test_boundaries.py` (the tests check the list).",
+        "# Never add `packages`: everything is served from our own origin.",
+        f'interpreter = "{interpreter}"',
+        "",
+        "[files]",
+    ]
+    for path in client_files():
+        source = path.relative_to(WEB).as_posix()
+        lines.append(f'"/web/{source}" = "./{source}"')
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    for config_name, config_interpreter in CONFIGS.items():
+        (WEB / config_name).write_text(render_config(config_interpreter))
+        print("wrote", WEB / config_name)

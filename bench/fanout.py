@@ -1,0 +1,364 @@
+"""Fan-out and memory: N subscribed clients, our server versus the bare Starlette loop, same run.
+
+Call `run_fanout(cfg)` (see `FanoutConfig`); `python -m bench fanout` does it for you. For each N and
+each server kind (`bare` first, then `app`), it:
+
+1. starts `bench.server` on a free loopback port and reads its RSS after a one-connection warm-up;
+2. opens N authenticated, subscribed connections from `workers` load-generator processes and reads RSS
+   again after they settle (memory per idle connection = delta / N);
+3. publishes at each fixed rate of `steps` for `step_s` seconds, waits until every client has every event,
+   and records deliveries/s, publish-to-receipt latency (p50/p90/p99/max), lost events and server CPU;
+4. publishes a burst of back-to-back events (the throughput phase: deliveries/s until the last receipt);
+5. closes everything and kills every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from websockets.asyncio.client import connect
+
+from bench.env import HOST, PYTHON, RAW, RESULTS, ROOT, Child, free_port, machine_info, print_header, wait_http, write_json
+
+QUANTILES = [0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100]
+
+
+@dataclass
+class FanoutConfig:
+    sizes: list[int] = field(default_factory=lambda: [1000, 5000])
+    kinds: list[str] = field(default_factory=lambda: ["bare", "app"])
+    workers: int = 4
+    step_s: float = 5.0
+    # events per second per step, by N: chosen so the steps span ~5k..40k offered deliveries/s
+    steps: dict[int, list[float]] = field(default_factory=dict)
+    burst: dict[int, int] = field(default_factory=dict)
+    target_step: int = 1  # the step compared against the latency target
+    project: str = "apollo"
+    pin: bool = False
+    out: str = "fanout.json"
+    tag: str = "full"
+    profile: bool = False  # trace allocations while connecting, pyinstrument while publishing (slows both)
+
+    def steps_for(self, n: int) -> list[float]:
+        if n in self.steps:
+            return self.steps[n]
+        base = 5000.0 / n
+        return [round(base * k, 3) for k in (1, 2, 4, 8)]
+
+    def burst_for(self, n: int) -> int:
+        return self.burst.get(n, max(20, min(200, 200_000 // n)))
+
+
+def server_env(tmp: Path) -> dict[str, str]:
+    """Settings for our server in every benchmark: demo data, no per-user cap, quiet logs."""
+    return {
+        "DASHBOARD_VAR_DIR": str(tmp),
+        "DASHBOARD_DB": str(tmp / "bench.db"),
+        "DASHBOARD_JWT_SECRET": secrets.token_urlsafe(48),
+        "DASHBOARD_DEMO": "1",
+        "DASHBOARD_DEMO_ACTIVITY": "0",
+        "DASHBOARD_MAX_CONNECTIONS_PER_USER": "0",
+        "DASHBOARD_LOG_LEVEL": "warning",
+    }
+
+
+def login(base: str, username: str = "alice", password: str = "alice-demo") -> str:
+    req = urllib.request.Request(f"{base}/api/auth/login", method="POST",
+                                 data=json.dumps({"username": username, "password": password}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
+        return str(json.loads(resp.read())["token"])
+
+
+class LoadGenProc:
+    """One `bench.loadgen` child over asyncio pipes; `call()` sends a command and awaits the reply."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, cpus: set[int] | None) -> LoadGenProc:
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'web'}")
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bench.loadgen", cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 22)
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, cpus)
+        return cls(proc)
+
+    async def call(self, timeout: float = 120, **msg: Any) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"load generator {self.proc.pid} exited")
+        return json.loads(line)
+
+    def cpu_s(self) -> float:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return t.user + t.system
+        return 0.0
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call(timeout=20, cmd="close")
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+
+def summarize(latencies_s: np.ndarray) -> dict[str, Any]:
+    if latencies_s.size == 0:
+        return {"samples": 0}
+    ms = latencies_s * 1000.0
+    qs = np.percentile(ms, QUANTILES)
+    out = {"samples": int(ms.size), "mean_ms": float(ms.mean())}
+    for q, v in zip(QUANTILES, qs, strict=True):
+        out[f"p{q:g}_ms"] = float(v)
+    return out
+
+
+class Phase:
+    """Run one publish phase against every load generator and merge what they saw."""
+
+    def __init__(self, control: Any, gens: list[LoadGenProc], server: psutil.Process, raw_dir: Path) -> None:
+        self.control = control
+        self.gens = gens
+        self.server = server
+        self.raw_dir = raw_dir
+        self.next_n = 1
+
+    async def run(self, label: str, n_events: int, rate: float, n_conns: int, project: str) -> dict[str, Any]:
+        start = self.next_n
+        self.next_n += n_events
+        await asyncio.gather(*(g.call(cmd="reset", start=start) for g in self.gens))
+        cpu0 = sum(self.server.cpu_times()[:2])
+        gen_cpu0 = sum(g.cpu_s() for g in self.gens)
+        t_publish = time.monotonic()
+        await self.control.send(json.dumps({"cmd": "publish", "n": n_events, "rate": rate, "start": start,
+                                            "project": project}))
+        pub = json.loads(await asyncio.wait_for(self.control.recv(), 600))
+        drain_timeout = 60 + n_events * n_conns / 5000
+        waits = await asyncio.gather(*(g.call(cmd="wait", per_conn=n_events, timeout=drain_timeout,
+                                              timeout_s=drain_timeout + 30) for g in self.gens))
+        cpu1 = sum(self.server.cpu_times()[:2])
+        gen_cpu1 = sum(g.cpu_s() for g in self.gens)
+        dumps = []
+        arrays = []
+        for i, g in enumerate(self.gens):
+            path = self.raw_dir / f"{label}-{i}.f64"
+            dumps.append(await g.call(cmd="dump", path=str(path)))
+            arrays.append(np.fromfile(path, dtype=np.float64))
+            path.unlink(missing_ok=True)
+        lat = np.concatenate(arrays) if arrays else np.zeros(0)
+        received = sum(d["received"] for d in dumps)
+        last = max((d["last_recv"] for d in dumps), default=0.0)
+        first = min((d["first_recv"] for d in dumps if d["first_recv"]), default=0.0)
+        expected = n_events * n_conns
+        window = (last - t_publish) if last else float("nan")
+        result = {
+            "label": label,
+            "events": n_events,
+            "rate_events_per_s": rate,
+            "offered_deliveries_per_s": rate * n_conns if rate else None,
+            "expected_deliveries": expected,
+            "received": received,
+            "lost": expected - received,
+            "gaps": sum(d["gaps"] for d in dumps),
+            "dups": sum(d["dups"] for d in dumps),
+            "open_after": sum(d["open"] for d in dumps),
+            "closed": _merge_counts(d["closed"] for d in dumps),
+            "timed_out": any(w.get("timed_out") for w in waits),
+            "publish": pub,
+            "window_s": window,
+            "first_receipt_after_s": (first - t_publish) if first else None,
+            "deliveries_per_s": received / window if window and window == window and window > 0 else None,
+            "server_cpu_s": cpu1 - cpu0,
+            "server_cpu_us_per_delivery": (cpu1 - cpu0) * 1e6 / received if received else None,
+            "client_cpu_s": gen_cpu1 - gen_cpu0,
+            "latency": summarize(lat),
+        }
+        return result
+
+
+async def _control(control: Any, timeout: float = 120, **msg: Any) -> dict[str, Any]:
+    await control.send(json.dumps(msg))
+    return dict(json.loads(await asyncio.wait_for(control.recv(), timeout)))
+
+
+def _merge_counts(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in items:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+async def warm_up(url: str, protocols: list[str], origin: str, project: str, control: Any) -> None:
+    """One connection, one subscribe, one event: imports and caches are hot before the RSS baseline."""
+    async with connect(url, subprotocols=protocols, origin=origin, compression=None, proxy=None,
+                       ping_interval=None) as ws:  # type: ignore[arg-type]
+        await asyncio.wait_for(ws.recv(), 10)
+        await ws.send(json.dumps({"action": "subscribe", "projectId": project}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 10)).get("type") != "subscribed":
+            pass
+        await control.send(json.dumps({"cmd": "publish", "n": 1, "rate": 0, "start": 0, "project": project}))
+        await asyncio.wait_for(control.recv(), 30)
+        while json.loads(await asyncio.wait_for(ws.recv(), 10)).get("type") != "event":
+            pass
+
+
+async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path) -> dict[str, Any]:
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    env = server_env(tmp / f"{kind}-{n}")
+    Path(env["DASHBOARD_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
+    log = RAW / f"server-{cfg.tag}-{kind}-{n}.log"
+    server_cpus = {0} if cfg.pin else None
+    gen_cpus = {1} if cfg.pin and (os.cpu_count() or 1) > 1 else None
+    child = Child([PYTHON, "-m", "bench.server", "--kind", kind, "--port", str(port)], env=env, log=log,
+                  cpus=server_cpus)
+    gens: list[LoadGenProc] = []
+    result: dict[str, Any] = {"n": n, "kind": kind, "port": port}
+    try:
+        wait_http(f"{base}/bench/ready", 60, child)
+        token = login(base) if kind == "app" else "x" * 160
+        protocols = ["dashboard.v1", f"bearer.{token}"]
+        url = f"ws://{HOST}:{port}/ws/status-updates"
+        origin = base
+        proc = psutil.Process(child.pid)
+        async with connect(f"ws://{HOST}:{port}/bench/control", proxy=None, ping_interval=None,
+                           compression=None, max_size=None) as control:
+            await warm_up(url, protocols, origin, cfg.project, control)
+            await asyncio.sleep(0.5)
+            rss_base = proc.memory_info().rss
+            if cfg.profile:
+                await _control(control, cmd="tracemalloc", action="start", frames=8)
+            gens = list(await asyncio.gather(*(LoadGenProc.start(gen_cpus) for _ in range(cfg.workers))))
+            shares = [n // cfg.workers + (1 if i < n % cfg.workers else 0) for i in range(cfg.workers)]
+            t0 = time.monotonic()
+            opened = await asyncio.gather(*(g.call(timeout=300, cmd="connect", url=url, count=k,
+                                                   subprotocols=protocols, origin=origin, project=cfg.project,
+                                                   concurrency=max(1, 200 // cfg.workers))
+                                            for g, k in zip(gens, shares, strict=True)))
+            connect_s = time.monotonic() - t0
+            n_open = sum(o["open"] for o in opened)
+            errors = _merge_counts(o["errors"] for o in opened)
+            print(f"   [{kind} N={n}] {n_open}/{n} connected+subscribed in {connect_s:.1f}s"
+                  + (f" errors={errors}" if errors else ""), flush=True)
+            await asyncio.sleep(2.0)
+            rss_idle = proc.memory_info().rss
+            if cfg.profile:
+                result["tracemalloc"] = await _control(
+                    control, cmd="tracemalloc", path=str(RESULTS / f"profile-memory-{kind}-{n}.txt"), per=n_open)
+                await _control(control, cmd="profile", action="start")
+            result.update({
+                "connected": n_open, "connect_errors": errors, "connect_s": connect_s,
+                "rss_base_mb": rss_base / 2**20, "rss_idle_mb": rss_idle / 2**20,
+                "rss_per_conn_kb": (rss_idle - rss_base) / max(1, n_open) / 1024,
+            })
+            phase = Phase(control, gens, proc, RAW)
+            steps = []
+            for i, rate in enumerate(cfg.steps_for(n)):
+                count = max(3, int(round(rate * cfg.step_s)))
+                r = await phase.run(f"{cfg.tag}-{kind}-{n}-step{i}", count, rate, n_open, cfg.project)
+                steps.append(r)
+                lat = r["latency"]
+                print(f"   [{kind} N={n}] step {i}: {rate:g} ev/s x {count} -> {r['deliveries_per_s'] or 0:,.0f} del/s "
+                      f"p50 {lat.get('p50_ms', float('nan')):.1f} ms p99 {lat.get('p99_ms', float('nan')):.1f} ms "
+                      f"lost {r['lost']} cpu/del {r['server_cpu_us_per_delivery'] or 0:.1f} us", flush=True)
+            burst_n = cfg.burst_for(n)
+            burst = await phase.run(f"{cfg.tag}-{kind}-{n}-burst", burst_n, 0, n_open, cfg.project)
+            lat = burst["latency"]
+            print(f"   [{kind} N={n}] burst {burst_n}: {burst['deliveries_per_s'] or 0:,.0f} del/s "
+                  f"p50 {lat.get('p50_ms', float('nan')):.1f} ms p99 {lat.get('p99_ms', float('nan')):.1f} ms "
+                  f"lost {burst['lost']} cpu/del {burst['server_cpu_us_per_delivery'] or 0:.1f} us", flush=True)
+            result.update({"steps": steps, "burst": burst, "rss_after_mb": proc.memory_info().rss / 2**20})
+            if cfg.profile:
+                result["pyinstrument"] = await _control(
+                    control, cmd="profile", action="stop", path=str(RESULTS / f"profile-cpu-{kind}-{n}.txt"))
+            print(f"   [{kind} N={n}] RSS base {result['rss_base_mb']:.1f} MB idle {result['rss_idle_mb']:.1f} MB "
+                  f"-> {result['rss_per_conn_kb']:.1f} KB/conn", flush=True)
+    finally:
+        await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
+        child.stop()
+    return result
+
+
+async def run_fanout_async(cfg: FanoutConfig) -> dict[str, Any]:
+    info = machine_info()
+    settings = {k: v for k, v in asdict(cfg).items()}
+    settings["steps"] = {n: cfg.steps_for(n) for n in cfg.sizes}
+    settings["burst"] = {n: cfg.burst_for(n) for n in cfg.sizes}
+    print_header("fan-out + memory", info, settings)
+    RAW.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    runs = []
+    try:
+        for n in cfg.sizes:
+            for kind in cfg.kinds:
+                runs.append(await run_one(cfg, n, kind, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    data = {"benchmark": "fanout", "machine": info, "settings": settings, "runs": runs,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    data["verdict"] = verdict(data)
+    write_json(RESULTS / cfg.out, data)
+    return data
+
+
+def _find(runs: list[dict[str, Any]], n: int, kind: str) -> dict[str, Any] | None:
+    return next((r for r in runs if r["n"] == n and r["kind"] == kind and "burst" in r), None)
+
+
+def verdict(data: dict[str, Any]) -> dict[str, Any]:
+    """Targets: throughput >= 0.9x bare, p99 <= 1.2x bare (at the largest N), memory <= 1.2x bare and < 32 KB."""
+    out: dict[str, Any] = {}
+    target_step = data["settings"]["target_step"]
+    for n in sorted({r["n"] for r in data["runs"]}):
+        app, bare = _find(data["runs"], n, "app"), _find(data["runs"], n, "bare")
+        if not app or not bare:
+            continue
+        a_tp, b_tp = app["burst"]["deliveries_per_s"] or 0, bare["burst"]["deliveries_per_s"] or 1
+        i = min(target_step, len(app["steps"]) - 1)
+        a_p99 = app["steps"][i]["latency"].get("p99_ms", float("nan"))
+        b_p99 = bare["steps"][i]["latency"].get("p99_ms", float("nan"))
+        out[str(n)] = {
+            "throughput_ratio": a_tp / b_tp,
+            "throughput_ok": a_tp / b_tp >= 0.9,
+            "p99_step": i,
+            "p99_ratio": a_p99 / b_p99 if b_p99 else None,
+            "p99_ok": bool(b_p99 and a_p99 / b_p99 <= 1.2),
+            "mem_ratio": app["rss_per_conn_kb"] / bare["rss_per_conn_kb"] if bare["rss_per_conn_kb"] > 0 else None,
+            "mem_kb": app["rss_per_conn_kb"],
+            "mem_ok": app["rss_per_conn_kb"] < 32 and app["rss_per_conn_kb"] <= 1.2 * bare["rss_per_conn_kb"],
+            "lost_app": sum(s["lost"] for s in app["steps"]) + app["burst"]["lost"],
+            "lost_bare": sum(s["lost"] for s in bare["steps"]) + bare["burst"]["lost"],
+        }
+    return out
+
+
+def run_fanout(cfg: FanoutConfig) -> dict[str, Any]:
+    from bench.env import raise_nofile
+
+    raise_nofile()
+    return asyncio.run(run_fanout_async(cfg))

@@ -1,0 +1,460 @@
+"""The façade the browser adapter and the UI talk to: connection + subscriptions + cache + mutations.
+
+Adapter loop (one per page): call an input method (`start`, `socket_*`, `visibility_changed`,
+`network_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
+`commands()` and re-arm a single setTimeout at `get_timer()` (absolute ms, same clock as `now`).
+Commands: ("open", sid, url, protocols), ("send", sid, text), ("close", sid, code, reason),
+("fetch", rid, method, path, body_or_None, headers) and ("log", record). Inputs for unknown or old
+sids/rids are ignored. The application side uses `status`/`on_status`, `subscribe`, `watch`,
+`move_story`/`create_escalation`/`resolve_escalation` and `on_mutation`.
+"""
+
+import json
+import random
+
+from . import cache as cachemod
+from . import patches, subscriptions, wire
+from .config import ClientConfig
+from .connection import LIVE, Connection
+
+DEFAULT_WS_URL = "ws://localhost/ws/status-updates"
+RECENT_MUTATIONS = 64  # settled mutation ids remembered to recognise late echoes
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def project_keys(project_id):
+    """Every cache key whose data depends on one project's event stream."""
+    return [("projects",), ("project", project_id), ("stories", project_id), ("escalations", project_id)]
+
+
+def event_keys(event_type, project_id):
+    """Keys an event invalidates (docs/client.md, "Cache")."""
+    if event_type == "project.updated":
+        return [("projects",), ("project", project_id)]
+    if event_type in ("story.status.changed", "story.created"):
+        return [("stories", project_id), ("project", project_id)]
+    if event_type.startswith("escalation."):
+        return [("escalations", project_id)]
+    return [("project", project_id)]
+
+
+def event_patches(event_type, project_id, data):
+    """[(key, fn)] that fold a complete event payload into cached data."""
+    if not isinstance(data, dict):
+        return []
+    if event_type == "project.updated" and isinstance(data.get("project"), dict):
+        project = data["project"]
+        return [(("project", project_id), patches.replace(project)), (("projects",), patches.upsert(project))]
+    if event_type.startswith("story.") and isinstance(data.get("story"), dict):
+        return [(("stories", project_id), patches.upsert(data["story"]))]
+    if event_type.startswith("escalation.") and isinstance(data.get("escalation"), dict):
+        return [(("escalations", project_id), patches.upsert(data["escalation"]))]
+    return []
+
+
+def _listen(listeners, listener):
+    listeners.append(listener)
+
+    def unsubscribe():
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return unsubscribe
+
+
+class Mutation:
+    __slots__ = ("id", "kind", "project_id", "overlays", "settle_keys", "direct_key", "echoed", "done")
+
+    def __init__(self, mid, kind, project_id):
+        self.id = mid
+        self.kind = kind
+        self.project_id = project_id
+        self.overlays = []  # keys carrying this mutation's optimistic overlay
+        self.settle_keys = []  # invalidated when the request settles
+        self.direct_key = None  # key the server's answer (or echo) is applied to
+        self.echoed = False
+        self.done = False
+
+
+class Runtime:
+    """See the module docstring; docs/client.md has the full contract."""
+
+    def __init__(self, config, token_provider, rand=None, ws_url=DEFAULT_WS_URL, wall_clock=None):
+        self._out = []
+        self.config = ClientConfig(config)
+        self.rand = rand if rand is not None else random.random
+        self.connection = Connection(self.config, token_provider, ws_url, self._out, hooks=self, rand=self.rand, wall_clock=wall_clock)
+        self.subscriptions = subscriptions.Subscriptions()
+        self.cache = cachemod.QueryCache(self._request_query, self.config.coalesce_ms, report=self._report)
+        self._now = 0
+        self._handlers = []  # [(project id or "*", handler)]
+        self._status_listeners = []
+        self._mutation_listeners = []
+        self._requests = {}  # rid -> ("query", key, seq, now) | ("mutation", mid)
+        self._next_rid = 0
+        self._mutations = {}  # mid -> Mutation (pending and recently settled)
+        self._recent = []  # settled mids, oldest first
+        self._mid_prefix = None
+        self._next_mid = 0
+        self._published = None
+        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0}
+
+    # ------------------------------------------------------------------ adapter side
+    def commands(self):
+        """Drain the commands produced so far (swap-and-return)."""
+        out = list(self._out)
+        del self._out[:]
+        return out
+
+    def get_timer(self):
+        a = self.connection.get_timer()
+        b = self.cache.get_timer()
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return a if a < b else b
+
+    def handle_timer(self, now):
+        self._now = now
+        self.connection.handle_timer(now)
+        self.cache.handle_timer(now)
+
+    def start(self, now):
+        self._now = now
+        self.connection.start(now)
+        self._publish()
+
+    def stop(self, now):
+        self._now = now
+        self.connection.stop(now)
+
+    def socket_opened(self, sid, now):
+        self._now = now
+        self.connection.socket_opened(sid, now)
+
+    def socket_message(self, sid, text, now):
+        self._now = now
+        self.connection.socket_message(sid, text, now)
+
+    def socket_closed(self, sid, code, reason, now):
+        self._now = now
+        self.connection.socket_closed(sid, code, reason, now)
+
+    def visibility_changed(self, visible, now):
+        self._now = now
+        self.connection.visibility_changed(visible, now)
+        self._publish()
+
+    def network_changed(self, online, now):
+        self._now = now
+        self.connection.network_changed(online, now)
+        if online:
+            self.cache.refetch_errors(now)
+        self._publish()
+
+    def retry_now(self, now):
+        self._now = now
+        self.connection.retry_now(now)
+        self.cache.refetch_errors(now)
+
+    def fetch_result(self, rid, status, body_text, now):
+        """Outcome of a ("fetch", rid, ...) command. status 0 = network error."""
+        self._now = now
+        request = self._requests.pop(rid, None)
+        if request is None:
+            return
+        body = None
+        parsed = False
+        if body_text is not None:
+            try:
+                body = json.loads(body_text)
+                parsed = True
+            except (ValueError, TypeError):
+                body = None
+        ok = 200 <= status < 300 and parsed
+        error = None
+        if not ok:
+            error = _error_text(status, body, parsed)
+        if status == 401:
+            self.connection.auth_failed(now, "http 401")
+        if request[0] == "query":
+            self.cache.on_response(request[1], request[2], ok, body, error, now, requested_at=request[3])
+        else:
+            self._settle(request[1], status, ok, body, error, now)
+
+    # ------------------------------------------------------------------ application side
+    @property
+    def status(self):
+        return self.connection.status()
+
+    @property
+    def stats(self):
+        out = self.connection.stats.as_dict()
+        for key in self._counters:
+            out[key] = self._counters[key]
+        out["refetches"] = self.cache.refetches
+        return out
+
+    def on_status(self, listener):
+        return _listen(self._status_listeners, listener)
+
+    def on_mutation(self, listener):
+        return _listen(self._mutation_listeners, listener)
+
+    def subscribe(self, project_id, handler):
+        """handler(event dict) for each accepted event of `project_id` ("*": every project)."""
+        item = (project_id, handler)
+        self._handlers.append(item)
+        if project_id != "*":
+            self._retain(project_id)
+
+        def unsubscribe():
+            if item in self._handlers:
+                self._handlers.remove(item)
+                if project_id != "*":
+                    self._release(project_id)
+
+        return unsubscribe
+
+    def watch(self, key, listener):
+        """listener(entry) for a query key; fetches when needed; a project key keeps its project subscribed."""
+        key = tuple(key)
+        project_id = key[1] if len(key) == 2 else None
+        if project_id is not None:
+            self._retain(project_id)
+        stop = self.cache.watch(key, listener, self._now)
+        done = [False]
+
+        def unsubscribe():
+            if done[0]:
+                return
+            done[0] = True
+            stop()
+            if project_id is not None:
+                self._release(project_id)
+
+        return unsubscribe
+
+    def move_story(self, project_id, story_id, status, now):
+        self._now = now
+        mutation = self._new_mutation("move_story", project_id)
+        stories_key = ("stories", project_id)
+        entry = self.cache.get(stories_key)
+        current = patches.find(entry.data if entry is not None else None, story_id)
+        self._overlay(mutation, stories_key, patches.set_fields(story_id, {"status": status}), now)
+        if current is not None and current.get("status") != status:
+            deltas = {current.get("status"): -1, status: 1}
+            self._overlay(mutation, ("project", project_id), patches.adjust_counts(deltas), now)
+            self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, deltas), now)
+        mutation.direct_key = stories_key
+        mutation.settle_keys = [stories_key, ("project", project_id), ("projects",)]
+        self._send_mutation(mutation, "PATCH", "/api/stories/" + cachemod.quote(story_id), {"status": status})
+        return mutation.id
+
+    def create_escalation(self, project_id, title, now):
+        self._now = now
+        mutation = self._new_mutation("create_escalation", project_id)
+        key = ("escalations", project_id)
+        placeholder = {"id": mutation.id, "projectId": project_id, "title": title, "status": "open", "createdBy": None, "createdAt": None, "resolvedAt": None, "pending": True}
+        self._overlay(mutation, key, patches.append(placeholder), now)
+        self._overlay(mutation, ("project", project_id), patches.adjust_counts({"openEscalations": 1}), now)
+        self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, {"openEscalations": 1}), now)
+        mutation.direct_key = key
+        mutation.settle_keys = [key, ("project", project_id), ("projects",)]
+        self._send_mutation(mutation, "POST", "/api/projects/" + cachemod.quote(project_id) + "/escalations", {"title": title})
+        return mutation.id
+
+    def resolve_escalation(self, project_id, escalation_id, now):
+        self._now = now
+        mutation = self._new_mutation("resolve_escalation", project_id)
+        key = ("escalations", project_id)
+        entry = self.cache.get(key)
+        current = patches.find(entry.data if entry is not None else None, escalation_id)
+        self._overlay(mutation, key, patches.set_fields(escalation_id, {"status": "resolved"}), now)
+        if current is not None and current.get("status") == "open":
+            self._overlay(mutation, ("project", project_id), patches.adjust_counts({"openEscalations": -1}), now)
+            self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, {"openEscalations": -1}), now)
+        mutation.direct_key = key
+        mutation.settle_keys = [key, ("project", project_id), ("projects",)]
+        self._send_mutation(mutation, "POST", "/api/escalations/" + cachemod.quote(escalation_id) + "/resolve", None)
+        return mutation.id
+
+    # ------------------------------------------------------------------ connection hooks
+    def on_connected(self, now, msg, info):
+        sid = self.connection.sid
+        for text in self.subscriptions.resubscribe_all(now):
+            self._out.append(("send", sid, text))
+        if info["reconnect"]:
+            downtime = info["downtimeMs"] if info["downtimeMs"] is not None else 0
+            self._out.append(("send", sid, wire.hello(info["attempts"], downtime)))
+        self.cache.refetch_errors(now)
+
+    def on_disconnected(self, now):
+        self.subscriptions.socket_lost()
+
+    def on_status(self, now):
+        self._publish()
+
+    def on_message(self, now, msg):
+        kind = msg["type"]
+        if kind == "event":
+            self._on_event(now, msg)
+        elif kind == "subscribed":
+            self._on_subscribed(now, msg)
+        elif kind == "error":
+            sub = self.subscriptions.on_error(msg) if msg.get("projectId") is not None else None
+            self.connection._log("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
+
+    # ------------------------------------------------------------------ internals
+    def _on_event(self, now, msg):
+        verdict = self.subscriptions.on_event(msg)
+        if verdict in (subscriptions.UNKNOWN, subscriptions.INVALID):
+            return
+        if verdict == subscriptions.DUPLICATE:
+            self._counters["duplicates"] += 1
+            return
+        project_id = msg["projectId"]
+        event_type = msg.get("eventType")
+        if not isinstance(event_type, str):
+            event_type = ""
+        data = msg.get("data")
+        mid = data.get("clientMutationId") if isinstance(data, dict) else None
+        mutation = self._mutations.get(mid) if isinstance(mid, str) else None
+        for key, fn in event_patches(event_type, project_id, data):
+            self.cache.apply(key, fn, now)
+        if mutation is not None:
+            self._counters["echoes"] += 1
+            mutation.echoed = True
+            if mutation.direct_key is not None:
+                self.cache.remove_overlay(mutation.direct_key, mutation.id, now)
+        else:
+            for key in event_keys(event_type, project_id):
+                self.cache.invalidate(key, now)
+        if verdict in (subscriptions.GAP, subscriptions.EPOCH):
+            self._counters["gaps" if verdict == subscriptions.GAP else "epochChanges"] += 1
+            self.connection._log(verdict, now, reason="refetch " + project_id, projectId=project_id, seq=msg.get("seq"))
+            for key in project_keys(project_id):
+                self.cache.invalidate(key, now)
+        event = dict(msg)
+        event["own"] = mutation is not None
+        for item in list(self._handlers):
+            if item[0] == project_id or item[0] == "*":
+                try:
+                    item[1](event)
+                except Exception as exc:
+                    self._report(exc)
+
+    def _on_subscribed(self, now, msg):
+        sub, trusted = self.subscriptions.on_subscribed(msg)
+        if sub is None:
+            return
+        project_id = sub.project_id
+        if not trusted:
+            self._counters["unrecovered"] += 1
+            for key in project_keys(project_id):
+                self.cache.invalidate(key, now)
+        elif sub.sent_since:
+            self._counters["recovered"] += 1
+        else:
+            for key in project_keys(project_id)[1:]:
+                self.cache.invalidate(key, now, before=sub.sent_at)
+        record_recovered = trusted if sub.sent_since else None
+        self.connection._log("subscribed", now, projectId=project_id, replayed=msg.get("replayed"), seq=sub.seq, recovered=record_recovered)
+
+    def _retain(self, project_id):
+        if self.subscriptions.add(project_id) and self.connection.state == LIVE:
+            self._out.append(("send", self.connection.sid, self.subscriptions.subscribe_message(project_id, self._now)))
+
+    def _release(self, project_id):
+        if self.subscriptions.remove(project_id) and self.connection.state == LIVE:
+            self._out.append(("send", self.connection.sid, wire.unsubscribe(project_id)))
+
+    def _request_query(self, key, path, seq, now):
+        rid = self._new_rid()
+        self._requests[rid] = ("query", key, seq, now)
+        self._out.append(("fetch", rid, "GET", path, None, {"Accept": "application/json"}))
+
+    def _new_rid(self):
+        self._next_rid += 1
+        return "r" + str(self._next_rid)
+
+    def _new_mutation(self, kind, project_id):
+        if self._mid_prefix is None:
+            n = int(self.rand() * 2176782336)  # 36**6: a per-page prefix so ids differ across tabs
+            chars = []
+            for _ in range(6):
+                chars.append(_B36[n % 36])
+                n //= 36
+            self._mid_prefix = "m" + "".join(chars)
+        self._next_mid += 1
+        mutation = Mutation(self._mid_prefix + "-" + str(self._next_mid), kind, project_id)
+        self._mutations[mutation.id] = mutation
+        return mutation
+
+    def _overlay(self, mutation, key, fn, now):
+        self.cache.add_overlay(key, mutation.id, fn, now)
+        mutation.overlays.append(key)
+
+    def _send_mutation(self, mutation, method, path, body):
+        rid = self._new_rid()
+        self._requests[rid] = ("mutation", mutation.id)
+        headers = {"Accept": "application/json", "X-Client-Mutation-Id": mutation.id}
+        text = None
+        if body is not None:
+            text = wire.dumps(body)
+            headers["Content-Type"] = "application/json"
+        self._out.append(("fetch", rid, method, path, text, headers))
+
+    def _settle(self, mid, status, ok, body, error, now):
+        mutation = self._mutations.get(mid)
+        if mutation is None or mutation.done:
+            return
+        mutation.done = True
+        if ok and isinstance(body, dict) and mutation.direct_key is not None:
+            self.cache.apply(mutation.direct_key, patches.upsert(body), now)
+        for key in mutation.overlays:
+            if ok and key != mutation.direct_key:
+                self.cache.expire_overlay(key, mutation.id)  # counts stay until fresh data lands
+            else:
+                self.cache.remove_overlay(key, mutation.id, now)  # success: answer applied; error: rollback
+        for key in mutation.settle_keys:
+            self.cache.invalidate(key, now)
+        self._recent.append(mid)
+        if len(self._recent) > RECENT_MUTATIONS:
+            old = self._recent.pop(0)
+            self._mutations.pop(old, None)
+        record = {"id": mid, "kind": mutation.kind, "ok": ok, "status": status, "error": error, "rolledBack": not ok, "echoed": mutation.echoed}
+        for listener in list(self._mutation_listeners):
+            try:
+                listener(record)
+            except Exception as exc:
+                self._report(exc)
+
+    def _publish(self):
+        status = self.connection.status()
+        if status == self._published:
+            return
+        self._published = status
+        for listener in list(self._status_listeners):
+            try:
+                listener(dict(status))
+            except Exception as exc:
+                self._report(exc)
+
+    def _report(self, exc):
+        self._counters["listenerErrors"] += 1
+        self.connection._log("listener-error", self._now, reason=type(exc).__name__ + ": " + str(exc))
+
+
+def _error_text(status, body, parsed):
+    if status == 0:
+        return "network error"
+    if parsed and isinstance(body, dict):
+        code = body.get("error")
+        message = body.get("message")
+        if code is not None or message is not None:
+            return str(code) + (": " + str(message) if message is not None else "")
+    if 200 <= status < 300:
+        return "invalid JSON"
+    return "HTTP " + str(status)

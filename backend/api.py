@@ -1,9 +1,395 @@
-"""STUB (to be replaced): REST routes."""
+"""The REST API of docs/protocol.md (documented in full in docs/api.md).
+
+`routes()` returns the Starlette routes and `exception_handlers()` the handlers that turn every error,
+Starlette's own 404/405 included, into JSON `{"error", "message"}`; `create_app` mounts both. Handlers
+read `request.app.state.{settings, store, bus, metrics}`. Changes go through `backend.changes`, which
+writes to the store and publishes the events.
+
+Authorization: every route but login needs `Authorization: Bearer <jwt>` (401 otherwise). A project the
+caller is not a member of answers 403 whether or not it exists, like the WebSocket subscribe, so its
+existence never leaks; a story or escalation of such a project answers 404, the same as an unknown id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import changes
+from .auth import AuthError, bearer_token, issue_token, verify_token
+from .logs import log_event
+from .storage import STORY_STATUSES, NotFound, Store
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_USERNAME_CHARS = 64
+MAX_PASSWORD_CHARS = 1024
+MAX_SQLITE_INT = 2**63 - 1
+MUTATION_ID_HEADER = "x-client-mutation-id"
+MUTATION_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def routes() -> list:
-    return []
+class ApiError(Exception):
+    """An error answer: HTTP `status`, short `code` (the JSON `error`) and a human `message`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
 
 
-def exception_handlers() -> dict:
-    return {}
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+def _count(request: Request, route: str, status: int) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.http_requests.labels(route, str(status)).inc()
+
+
+# -- login attempt limit ----------------------------------------------------------------------------
+
+
+class LoginLimiter:
+    """Sliding-window limit on failed logins, per client address and per (address, username).
+
+    Call `retry_after(ip, username)` before checking a password (0 means go ahead), then `failed()` or
+    `succeeded()`. The app keeps one in `app.state.login_limiter`; tests may put a smaller one there.
+    """
+
+    def __init__(
+        self, *, per_user: int = 5, per_ip: int = 20, window_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000,
+    ) -> None:
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.window_s = window_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
+
+    def _recent(self, key: tuple[str, ...], now: float) -> deque[float]:
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+        return times
+
+    def retry_after(self, ip: str, username: str) -> float:
+        """Seconds until another attempt is allowed; 0 when it is allowed now."""
+        now = self._clock()
+        wait = 0.0
+        for key, limit in ((("ip", ip), self.per_ip), (("user", ip, username), self.per_user)):
+            times = self._recent(key, now)
+            if len(times) >= limit:
+                wait = max(wait, times[len(times) - limit] + self.window_s - now)
+        return wait
+
+    def failed(self, ip: str, username: str) -> None:
+        now = self._clock()
+        if len(self._failures) >= self._max_keys:
+            for key in list(self._failures):
+                self._recent(key, now)
+            while len(self._failures) >= self._max_keys:  # still full: forget the oldest keys
+                del self._failures[next(iter(self._failures))]
+        for key in (("ip", ip), ("user", ip, username)):
+            self._failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, ip: str, username: str) -> None:
+        self._failures.pop(("user", ip, username), None)
+
+
+def _login_limiter(request: Request) -> LoginLimiter:
+    limiter: LoginLimiter | None = getattr(request.app.state, "login_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.login_limiter = LoginLimiter()
+    return limiter
+
+
+# -- request helpers -------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object: 413 above `MAX_BODY_BYTES`, 422 when not a JSON object."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"request body is limited to {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", f"request body is limited to {MAX_BODY_BYTES} bytes")
+    try:
+        value = json.loads(bytes(body), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(422, "invalid_json", "request body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_json", "request body must be a JSON object")
+    return value
+
+
+def _mutation_id(request: Request) -> str | None:
+    """The validated `X-Client-Mutation-Id` header, or None when absent or empty."""
+    value = request.headers.get(MUTATION_ID_HEADER)
+    if not value:
+        return None
+    if not MUTATION_ID_RE.match(value):
+        raise ApiError(
+            422, "invalid_header", "X-Client-Mutation-Id must be 1-64 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return value
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _user_id(request: Request, route: str) -> str:
+    """The caller's user id from a valid bearer token of a known user; 401 otherwise."""
+    token = bearer_token(request.headers.get("authorization"))
+    try:
+        claims = verify_token(request.app.state.settings, token)
+    except AuthError as exc:
+        log_event("http.auth_failed", logging.INFO, route=route, reason=str(exc), ip=_client_ip(request))
+        raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": 'Bearer realm="dashboard"'}) from None
+    user_id = str(claims["sub"])
+    if not _store(request).has_user(user_id):
+        raise ApiError(401, "unauthorized", "unknown user", {"WWW-Authenticate": 'Bearer realm="dashboard"'})
+    return user_id
+
+
+def _member_project(request: Request, user_id: str) -> str:
+    """The `project_id` path parameter if the caller is a member; 403 otherwise (unknown projects too)."""
+    project_id = request.path_params["project_id"]
+    if not _store(request).is_member(user_id, project_id):
+        raise ApiError(403, "forbidden", "not a member of this project (or no such project)")
+    return str(project_id)
+
+
+def _int_param(request: Request, name: str, what: str) -> int:
+    value = request.path_params[name]
+    if not isinstance(value, int) or value > MAX_SQLITE_INT:
+        raise ApiError(404, "not_found", f"no such {what}")
+    return value
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _state(request: Request) -> tuple[Store, Any, Any]:
+    return _store(request), request.app.state.bus, request.app.state.metrics
+
+
+# -- endpoints ---------------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    body = await _json_body(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_CHARS:
+        raise ApiError(422, "invalid_body", f"username must be a string of 1-{MAX_USERNAME_CHARS} characters")
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD_CHARS:
+        raise ApiError(422, "invalid_body", f"password must be a string of at most {MAX_PASSWORD_CHARS} characters")
+    ip = _client_ip(request)
+    limiter = _login_limiter(request)
+    wait = limiter.retry_after(ip, username)
+    if wait > 0:
+        log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="rate_limited")
+        raise ApiError(
+            429, "too_many_attempts", "too many failed logins; try again later",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    user = await run_in_threadpool(_store(request).authenticate, username, password)
+    if user is None:
+        limiter.failed(ip, username)
+        log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="bad_credentials")
+        raise ApiError(401, "invalid_credentials", "wrong username or password")
+    limiter.succeeded(ip, username)
+    token, expires_s = issue_token(request.app.state.settings, user["id"])
+    log_event("auth.login", user_id=user["id"], ip=ip)
+    return JSONResponse({"token": token, "expiresAt": expires_s * 1000, "user": user})
+
+
+async def list_projects(request: Request) -> Response:
+    user_id = _user_id(request, "/api/projects")
+    return JSONResponse(_store(request).list_projects(user_id))
+
+
+async def get_project(request: Request) -> Response:
+    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}"))
+    project = _store(request).get_project(project_id)
+    if project is None:  # membership rows are deleted with their project; only a race gets here
+        raise ApiError(404, "not_found", "no such project")
+    return JSONResponse(project)
+
+
+async def list_stories(request: Request) -> Response:
+    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}/stories"))
+    return JSONResponse(_store(request).list_stories(project_id))
+
+
+async def patch_story(request: Request) -> Response:
+    user_id = _user_id(request, "/api/stories/{story_id}")
+    story_id = _int_param(request, "story_id", "story")
+    store, bus, metrics = _state(request)
+    story = store.get_story(story_id)
+    if story is None or not store.is_member(user_id, story["projectId"]):
+        raise ApiError(404, "not_found", "no such story")
+    mutation_id = _mutation_id(request)
+    body = await _json_body(request)
+    status = body.get("status")
+    if not isinstance(status, str) or status not in STORY_STATUSES:
+        raise ApiError(422, "invalid_body", f"status must be one of: {', '.join(STORY_STATUSES)}")
+    try:
+        story = await changes.move_story(
+            store, bus, metrics, story_id=story_id, status=status, actor=user_id, client_mutation_id=mutation_id
+        )
+    except NotFound:
+        raise ApiError(404, "not_found", "no such story") from None
+    return JSONResponse(story)
+
+
+async def project_escalations(request: Request) -> Response:
+    if request.method == "POST":
+        return await create_escalation(request)
+    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}/escalations"))
+    return JSONResponse(_store(request).list_escalations(project_id))
+
+
+async def create_escalation(request: Request) -> Response:
+    user_id = _user_id(request, "/api/projects/{project_id}/escalations")
+    project_id = _member_project(request, user_id)
+    mutation_id = _mutation_id(request)
+    body = await _json_body(request)
+    try:
+        title = changes.clean_title(body.get("title"))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_body", str(exc)) from None
+    store, bus, metrics = _state(request)
+    try:
+        escalation = await changes.create_escalation(
+            store, bus, metrics, project_id=project_id, title=title, actor=user_id, client_mutation_id=mutation_id
+        )
+    except NotFound:
+        raise ApiError(403, "forbidden", "not a member of this project (or no such project)") from None
+    return JSONResponse(escalation, status_code=201)
+
+
+async def resolve_escalation(request: Request) -> Response:
+    user_id = _user_id(request, "/api/escalations/{escalation_id}/resolve")
+    escalation_id = _int_param(request, "escalation_id", "escalation")
+    store, bus, metrics = _state(request)
+    escalation = store.get_escalation(escalation_id)
+    if escalation is None or not store.is_member(user_id, escalation["projectId"]):
+        raise ApiError(404, "not_found", "no such escalation")
+    mutation_id = _mutation_id(request)
+    try:
+        escalation = await changes.resolve_escalation(
+            store, bus, metrics, escalation_id=escalation_id, actor=user_id, client_mutation_id=mutation_id
+        )
+    except NotFound:
+        raise ApiError(404, "not_found", "no such escalation") from None
+    return JSONResponse(escalation)
+
+
+# -- wiring ----------------------------------------------------------------------------------------------
+
+
+def _wrap(template: str, handler: Handler) -> Handler:
+    """Turn `ApiError` and unexpected exceptions into JSON answers, add no-store headers, count the request."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except Exception as exc:
+            log_event("http.error", logging.ERROR, route=template, error=type(exc).__name__)
+            logging.getLogger("dashboard").exception("unhandled error in %s", template)
+            response = error_response(500, "internal_error", "unexpected server error")
+        else:
+            response.headers.update(NO_STORE)
+        _count(request, template, response.status_code)
+        return response
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+ROUTES: tuple[tuple[str, Handler, list[str]], ...] = (
+    ("/api/auth/login", login, ["POST"]),
+    ("/api/projects", list_projects, ["GET"]),
+    ("/api/projects/{project_id}", get_project, ["GET"]),
+    ("/api/projects/{project_id}/stories", list_stories, ["GET"]),
+    ("/api/projects/{project_id}/escalations", project_escalations, ["GET", "POST"]),
+    ("/api/stories/{story_id:int}", patch_story, ["PATCH"]),
+    ("/api/escalations/{escalation_id:int}/resolve", resolve_escalation, ["POST"]),
+)
+
+
+def routes() -> list[BaseRoute]:
+    """The REST routes; `create_app` adds them to the app."""
+    return [Route(path, _wrap(path.replace(":int", ""), handler), methods=methods) for path, handler, methods in ROUTES]
+
+
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "invalid_body",
+    429: "too_many_requests",
+}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response | None:
+    if request.scope.get("type") != "http":
+        return None  # a WebSocket: Starlette closes it
+    assert isinstance(exc, HTTPException)
+    code = _ERROR_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else code.replace("_", " ")
+    if exc.status_code == 404:
+        message = "no such resource"
+    response = error_response(exc.status_code, code, message, dict(exc.headers or {}))
+    route = getattr(request.scope.get("route"), "path", None) or "<unmatched>"
+    _count(request, route, exc.status_code)
+    return response
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log_event("http.error", logging.ERROR, path=request.url.path, error=type(exc).__name__)
+    _count(request, getattr(request.scope.get("route"), "path", None) or "<unmatched>", 500)
+    return error_response(500, "internal_error", "unexpected server error")
+
+
+def exception_handlers() -> dict[Any, Callable[..., Any]]:
+    """JSON errors for Starlette's own 404/405 (and any `HTTPException`) and for unexpected errors."""
+    return {HTTPException: _http_exception, Exception: _server_error}

@@ -1,0 +1,70 @@
+"""Helpers shared by the server tests (the fixtures in conftest.py build on them)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+with warnings.catch_warnings():
+    # Starlette 1.10 warns at import that it prefers `httpx2` over the installed `httpx`.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from backend.auth import issue_token
+from backend.bus.events import Event
+from backend.settings import Settings
+from backend.storage import Store
+
+__all__ = ["SECRET", "Api", "Recorder", "TestClient", "make_settings"]
+
+SECRET = "s" * 40
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"db": ":memory:", "jwt_secret": SECRET, "demo": True}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Recorder:
+    """Collects every event a bus delivers, in order."""
+
+    def __init__(self, bus: Any) -> None:
+        self.events: list[Event] = []
+        self.unsubscribe = bus.listen(self.events.append)
+
+    def types(self) -> list[str]:
+        return [e.event_type for e in self.events]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class Api:
+    """The app under test: `client` (TestClient inside its lifespan) plus helpers for auth headers."""
+
+    def __init__(self, client: TestClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    @property
+    def app(self) -> Any:
+        return self.client.app
+
+    @property
+    def store(self) -> Store:
+        store: Store = self.client.app.state.store  # type: ignore[attr-defined]
+        return store
+
+    def token(self, user_id: str, **kwargs: Any) -> str:
+        return issue_token(self.settings, user_id, **kwargs)[0]
+
+    def headers(self, user_id: str | None, **extra: str) -> dict[str, str]:
+        headers = dict(extra)
+        if user_id is not None:
+            headers["Authorization"] = f"Bearer {self.token(user_id)}"
+        return headers
+
+    def request(self, method: str, path: str, user_id: str | None = "alice", **kwargs: Any) -> Any:
+        headers = {**self.headers(user_id), **kwargs.pop("headers", {})}
+        return self.client.request(method, path, headers=headers, **kwargs)

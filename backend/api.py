@@ -21,7 +21,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
+from anyio import CapacityLimiter
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,6 +36,7 @@ from .storage import STORY_STATUSES, NotFound, Store
 MAX_BODY_BYTES = 16 * 1024
 MAX_USERNAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
+PASSWORD_CHECKS_AT_ONCE = 2  # each scrypt check takes ~16 MiB and a core for ~30 ms
 MAX_SQLITE_INT = 2**63 - 1
 MUTATION_ID_HEADER = "x-client-mutation-id"
 MUTATION_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
@@ -123,6 +125,13 @@ def _login_limiter(request: Request) -> LoginLimiter:
     limiter: LoginLimiter | None = getattr(request.app.state, "login_limiter", None)
     if limiter is None:
         limiter = request.app.state.login_limiter = LoginLimiter()
+    return limiter
+
+
+def _password_limiter(request: Request) -> CapacityLimiter:
+    limiter: CapacityLimiter | None = getattr(request.app.state, "password_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.password_limiter = CapacityLimiter(PASSWORD_CHECKS_AT_ONCE)
     return limiter
 
 
@@ -225,7 +234,9 @@ async def login(request: Request) -> Response:
             429, "too_many_attempts", "too many failed logins; try again later",
             {"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    user = await run_in_threadpool(_store(request).authenticate, username, password)
+    user = await anyio.to_thread.run_sync(
+        _store(request).authenticate, username, password, limiter=_password_limiter(request)
+    )
     if user is None:
         limiter.failed(ip, username)
         log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="bad_credentials")

@@ -48,6 +48,7 @@ def test_login_returns_token_user_and_expiry_in_ms(api: Api) -> None:
     assert body["expiresAt"] == int(claims["exp"]) * 1000  # type: ignore[call-overload]
     assert before * 1000 < body["expiresAt"] <= (time.time() + api.settings.token_ttl_s) * 1000
     assert r.headers["cache-control"] == "no-store"
+    assert api.app.state.password_limiter.total_tokens == 2  # scrypt checks run off the loop, 2 at a time
     projects = api.client.get("/api/projects", headers={"Authorization": f"Bearer {body['token']}"})
     assert [p["id"] for p in projects.json()] == ["apollo", "borealis"]
 

@@ -102,16 +102,16 @@ class TransitionError(Exception):
 class NoHooks:
     """Default owner callbacks: ignore everything."""
 
-    def on_connected(self, now, msg, info):
+    def link_connected(self, now, msg, info):
         pass
 
-    def on_message(self, now, msg):
+    def link_message(self, now, msg):
         pass
 
-    def on_disconnected(self, now):
+    def link_lost(self, now):
         pass
 
-    def on_status(self, now):
+    def link_status(self, now):
         pass
 
 
@@ -194,7 +194,7 @@ class Connection:
         if target == LIVE or previous == LIVE:
             self.last_live_at = now  # last moment the data was known to be live
         self._log(event, now, delay=delay, reason=reason, previous=previous)
-        self.hooks.on_status(now)
+        self.hooks.link_status(now)
 
     def _log(self, event, now, delay=None, reason=None, previous=None, **extra):
         since = None
@@ -239,7 +239,7 @@ class Connection:
         self.attempt = 0
         self.close_code = CLOSE_NORMAL
         if was_live:
-            self.hooks.on_disconnected(now)
+            self.hooks.link_lost(now)
         self._fire(STOP, now, reason="client stop")
 
     def socket_opened(self, sid, now):
@@ -282,7 +282,7 @@ class Connection:
             if kind == "error":
                 self._log("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")))
             return
-        self.hooks.on_message(now, msg)
+        self.hooks.link_message(now, msg)
 
     def socket_closed(self, sid, code, reason, now):
         """The browser reported close for socket `sid`; apply the close-code policy."""
@@ -324,7 +324,7 @@ class Connection:
                 if was_live:
                     self.dropped_at = now
                     self.stats.drops += 1
-                    self.hooks.on_disconnected(now)
+                    self.hooks.link_lost(now)
                 self.retry_at = None
                 self._fire(GO_OFFLINE, now, reason="browser offline")
             elif self.state in (WAITING, SUSPENDED):
@@ -338,7 +338,7 @@ class Connection:
                 self.deferred = True
                 self._fire(SCHEDULE, now, delay=0, reason="online while hidden")
             else:
-                self._dial(now, DIAL if self.ever_live else START)
+                self._dial(now, self._redial_event())
         elif self.state in (WAITING, SUSPENDED):
             if self.hidden:
                 self.retry_at = now
@@ -350,7 +350,7 @@ class Connection:
         """User asked to retry: reset attempts and dial at once (from reconnecting/suspended/offline/auth-required)."""
         if self.state in (WAITING, SUSPENDED, OFFLINE):
             self.attempt = 0
-            self._dial(now, DIAL if self.ever_live else START)
+            self._dial(now, self._redial_event())
         elif self.state == AUTH_REQUIRED:
             self.attempt = 0
             self._dial(now, START)
@@ -365,7 +365,7 @@ class Connection:
         self.retry_at = None
         if was_live:
             self.dropped_at = now
-            self.hooks.on_disconnected(now)
+            self.hooks.link_lost(now)
         self._fire(AUTH_FAILED, now, reason=reason)
 
     def handle_timer(self, now):
@@ -380,7 +380,7 @@ class Connection:
                 self.stable_at = None
                 self.attempt = 0
                 self._log("stable", now)
-                self.hooks.on_status(now)
+                self.hooks.link_status(now)
             if self.probe_deadline is not None and now >= self.probe_deadline:
                 self._close_socket(CLOSE_PROBE_TIMEOUT, "probe timeout")
                 self._lost(now, NOW, None, "probe timeout")
@@ -426,6 +426,10 @@ class Connection:
         return best
 
     # ------------------------------------------------------------------ internals
+    def _redial_event(self):
+        # leaving offline before the first live session still reads as "connecting"
+        return START if self.state == OFFLINE and not self.ever_live else DIAL
+
     def _dial(self, now, event):
         try:
             token = self.token_provider()
@@ -473,7 +477,7 @@ class Connection:
         self.ever_live = True
         info = {"reconnect": reconnect, "attempts": self.attempt, "downtimeMs": downtime}
         self._fire(CONNECTED, now)
-        self.hooks.on_connected(now, msg, info)
+        self.hooks.link_connected(now, msg, info)
 
     def _close_socket(self, code, reason):
         if self.sid is not None:
@@ -496,7 +500,7 @@ class Connection:
             self.dropped_at = now
             self.stats.drops += 1
             self.live_since = None
-            self.hooks.on_disconnected(now)
+            self.hooks.link_lost(now)
         else:
             self.stats.failed_attempts += 1
         if kind == AUTH:

@@ -281,7 +281,7 @@ class Runtime:
         return mutation.id
 
     # ------------------------------------------------------------------ connection hooks
-    def on_connected(self, now, msg, info):
+    def link_connected(self, now, msg, info):
         sid = self.connection.sid
         for text in self.subscriptions.resubscribe_all(now):
             self._out.append(("send", sid, text))
@@ -290,13 +290,13 @@ class Runtime:
             self._out.append(("send", sid, wire.hello(info["attempts"], downtime)))
         self.cache.refetch_errors(now)
 
-    def on_disconnected(self, now):
+    def link_lost(self, now):
         self.subscriptions.socket_lost()
 
-    def on_status(self, now):
+    def link_status(self, now):
         self._publish()
 
-    def on_message(self, now, msg):
+    def link_message(self, now, msg):
         kind = msg["type"]
         if kind == "event":
             self._on_event(now, msg)

@@ -8,6 +8,8 @@ browser event back with `now` (`performance.now()`), and keeps exactly one `setT
 
 MicroPython cannot catch an exception thrown by a synchronous JS call, so every sync call here is
 trivial (argument values are sanitised first); awaited promises are wrapped in try/except.
+Timers use the global `js.setTimeout`/`js.clearTimeout`: under MicroPython 1.27 a call to
+`js.window.setTimeout` makes the next awaited `Response.text()` fail with "Illegal invocation".
 """
 
 import asyncio
@@ -159,11 +161,11 @@ class BrowserAdapter:
             return
         delay = max(0, int(deadline - now_ms()) + 1)
         self._timer_deadline = deadline
-        self._timer_handle = js.window.setTimeout(self._timer_proxy, delay)
+        self._timer_handle = js.setTimeout(self._timer_proxy, delay)
 
     def _clear_timer(self):
         if self._timer_handle is not None:
-            js.window.clearTimeout(self._timer_handle)
+            js.clearTimeout(self._timer_handle)
         self._timer_handle = None
         self._timer_deadline = None
 

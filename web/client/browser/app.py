@@ -37,6 +37,10 @@ def _as_id(value):
         return value
 
 
+def _wall_now():
+    return float(js.Date.now())
+
+
 def _to_wall(monotonic_ms):
     return None if monotonic_ms is None else wall_ms(monotonic_ms)
 
@@ -106,7 +110,8 @@ class DashboardApp:
     def start_session(self, user):
         if self.session is not None:
             self.end_session()
-        rt = Runtime(self.config, storage.token, ws_url=socket_url(self.config.get("wsPath") or "/ws/status-updates"))
+        ws_url = socket_url(self.config.get("wsPath") or "/ws/status-updates")
+        rt = Runtime(self.config, storage.token, ws_url=ws_url, wall_clock=_wall_now)
         adapter = BrowserAdapter(rt, storage.token, on_pumped=self.render_status)
         session = Session(rt, adapter, user)
         self.session = session

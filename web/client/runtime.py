@@ -202,8 +202,12 @@ class Runtime:
     def on_mutation(self, listener):
         return _listen(self._mutation_listeners, listener)
 
-    def subscribe(self, project_id, handler):
-        """handler(event dict) for each accepted event of `project_id` ("*": every project)."""
+    def subscribe(self, project_id, handler, now=None):
+        """handler(event dict) for each accepted event of `project_id` ("*": every project).
+
+        `now` is optional (default: the time of the latest input)."""
+        if now is not None:
+            self._now = now
         item = (project_id, handler)
         self._handlers.append(item)
         if project_id != "*":
@@ -217,8 +221,12 @@ class Runtime:
 
         return unsubscribe
 
-    def watch(self, key, listener):
-        """listener(entry) for a query key; fetches when needed; a project key keeps its project subscribed."""
+    def watch(self, key, listener, now=None):
+        """listener(entry) for a query key; fetches when needed; a project key keeps its project subscribed.
+
+        `now` is optional (default: the time of the latest input)."""
+        if now is not None:
+            self._now = now
         key = tuple(key)
         project_id = key[1] if len(key) == 2 else None
         if project_id is not None:

@@ -19,7 +19,7 @@ def test_clock_formats_local_time_from_epoch_ms_and_offset():
 
 def test_badge_while_live_offers_no_retry():
     badge = presenter.connection_badge({"state": "live", "attempt": 0}, to_wall)
-    assert badge == {"state": "live", "attempt": 0, "label": "Live", "detail": "", "retry": False}
+    assert badge == {"state": "live", "attempt": 0, "label": "Live", "detail": "", "retry": False, "closeCode": ""}
 
 
 def test_badge_while_reconnecting_names_the_attempt_and_next_try():
@@ -30,6 +30,11 @@ def test_badge_while_reconnecting_names_the_attempt_and_next_try():
     assert badge["label"] == "Reconnecting · attempt 3"
     assert badge["detail"] == "next try at 14:03:12"
     assert badge["retry"] is True
+
+
+def test_badge_carries_the_last_close_code():
+    badge = presenter.connection_badge({"state": "reconnecting", "attempt": 1, "closeCode": 1012}, to_wall)
+    assert badge["closeCode"] == "1012"
 
 
 def test_badge_suspended_offers_retry_and_auth_required_does_not():

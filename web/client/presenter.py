@@ -66,7 +66,7 @@ def _get(mapping, key, default=None):
 
 
 def connection_badge(status, to_wall, tz_offset_min=0):
-    """The header badge: `{"state", "attempt", "label", "detail", "retry"}` from `rt.status`.
+    """The header badge: `{"state", "attempt", "label", "detail", "retry", "closeCode"}` from `rt.status`.
 
     `to_wall(monotonic_ms)` converts the runtime clock to epoch milliseconds.
     """
@@ -82,12 +82,14 @@ def connection_badge(status, to_wall, tz_offset_min=0):
         detail = "next automatic try at " + clock(to_wall(next_at), tz_offset_min) if next_at is not None else ""
     elif state == "offline":
         detail = "waiting for the network"
+    close_code = _get(status, "closeCode")
     return {
         "state": state,
         "attempt": attempt,
         "label": label,
         "detail": detail,
         "retry": state in RETRY_STATES,
+        "closeCode": "" if close_code is None else str(close_code),
     }
 
 

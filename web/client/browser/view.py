@@ -82,8 +82,9 @@ class View:
         return True
 
     def connection(self, badge, fresh, banner):
-        if self._set("badge", (badge["state"], badge["attempt"], badge["label"], badge["detail"])):
+        if self._set("badge", (badge["state"], badge["attempt"], badge["label"], badge["detail"], badge["closeCode"])):
             self.badge.setAttribute("data-state", badge["state"])
+            self.badge.setAttribute("data-close-code", badge["closeCode"])
             self.badge.setAttribute("data-attempt", str(badge["attempt"]))
             self.badge_label.textContent = badge["label"]
             self.badge_detail.textContent = badge["detail"]

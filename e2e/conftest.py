@@ -1,0 +1,67 @@
+"""Fixtures for the browser suite: Debian's Chromium for pytest-playwright, a killable server, REST clients.
+
+Each test gets its own `server` (fresh database, free port, scaled-down timings); a test can change
+timings with `@pytest.mark.server_env(NAME="value")`. pytest-playwright shares one Chromium process
+for the whole session and gives each test a fresh context and page.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from .harness import CHROMIUM, CHROMIUM_ARGS, Api, DashboardServer
+from .pages import UI_TIMEOUT_MS
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server_env(**env): DASHBOARD_* overrides for the e2e server")
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """Each test has its own server URL; this also shadows pytest-base-url's deprecated fixture."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _expect_timeout():
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+
+
+@pytest.fixture
+def server(request, tmp_path):
+    marker = request.node.get_closest_marker("server_env")
+    env = dict(marker.kwargs) if marker else {}
+    srv = DashboardServer(tmp_path / "server", env=env)
+    srv.start()
+    yield srv
+    srv.stop()
+    print("---- server log (shown when the test failed) ----\n" + srv.log_tail())
+
+
+@pytest.fixture
+def api(server):
+    client = Api(server.url, "alice")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def requests_seen(context):
+    """Every URL the page requests (to prove nothing leaves localhost)."""
+    urls: list[str] = []
+    context.on("request", lambda req: urls.append(req.url))
+    return urls
+
+
+@pytest.fixture
+def console_lines(page):
+    lines: list[str] = []
+    page.on("console", lambda msg: lines.append(msg.text))
+    return lines

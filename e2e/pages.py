@@ -1,0 +1,68 @@
+"""Page helpers for the browser suite: open the dashboard, sign in, find the elements of the test contract."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Locator, Page, expect
+
+from .harness import USERS, DashboardServer
+
+UI_TIMEOUT_MS = 10_000
+BOOT_TIMEOUT_MS = 30_000
+
+
+def open_dashboard(page: Page, base_url: str, query: str = "", timeout_ms: int = BOOT_TIMEOUT_MS) -> None:
+    page.goto(base_url + "/" + query)
+    expect(page.locator("html")).to_have_attribute("data-app", "ready", timeout=timeout_ms)
+
+
+def sign_in(page: Page, username: str = "alice", password: str | None = None) -> None:
+    form = page.get_by_test_id("login-form")
+    expect(form).to_be_visible()
+    form.locator('input[name="username"]').fill(username)
+    form.locator('input[name="password"]').fill(USERS.get(username, "") if password is None else password)
+    form.locator('button[type="submit"]').click()
+
+
+def login_live(page: Page, server: DashboardServer, username: str = "alice", query: str = "", boot_ms=BOOT_TIMEOUT_MS):
+    """Open the page, sign in and wait for the live badge and the first story."""
+    open_dashboard(page, server.url, query, boot_ms)
+    sign_in(page, username)
+    expect(status(page)).to_have_attribute("data-state", "live")
+    open_project(page, "apollo" if username == "alice" else "cassini")
+
+
+def status(page: Page) -> Locator:
+    return page.get_by_test_id("connection-status")
+
+
+def story(page: Page, story_id) -> Locator:
+    return page.locator(f'[data-testid="story"][data-story-id="{story_id}"]')
+
+
+def only_localhost(urls: list[str]) -> list[str]:
+    """The URLs that left 127.0.0.1/localhost (data: URLs are local)."""
+    bad = []
+    for url in urls:
+        if url.startswith("data:"):
+            continue
+        host = urlsplit(url).hostname
+        if host not in ("127.0.0.1", "localhost"):
+            bad.append(url)
+    return bad
+
+
+
+def open_project(page: Page, project_id: str) -> None:
+    card = page.locator(f'[data-testid="project-card"][data-project-id="{project_id}"]')
+    card.click()
+    expect(card).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_test_id("story").first).to_be_visible()
+
+
+def events(page: Page, event_type: str | None = None) -> Locator:
+    log = page.get_by_test_id("event-log")
+    if event_type is None:
+        return log.locator(":scope > *")
+    return log.locator(f':scope > [data-event-type="{event_type}"]')

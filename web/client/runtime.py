@@ -295,7 +295,8 @@ class Runtime:
             self._out.append(("send", sid, text))
         if info["reconnect"]:
             downtime = info["downtimeMs"] if info["downtimeMs"] is not None else 0
-            self._out.append(("send", sid, wire.hello(info["attempts"], downtime)))
+            attempts = info["attempts"] if info["attempts"] > 0 else 1  # the dial that worked counts
+            self._out.append(("send", sid, wire.hello(attempts, downtime)))
         self.cache.refetch_errors(now)
 
     def link_lost(self, now):

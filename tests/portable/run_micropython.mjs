@@ -1,0 +1,40 @@
+// Runs tests/portable/scenario.py under the MicroPython WebAssembly build (the browser's default
+// interpreter) inside Node, with web/client/*.py copied into its in-memory file system.
+// Usage: node tests/portable/run_micropython.mjs <repo root>   -> the trace on stdout, exit 1 on error.
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+
+const root = process.argv[2] || process.cwd();
+const { loadMicroPython } = await import(
+  join(root, "node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs")
+);
+
+const lines = [];
+const errors = [];
+const mp = await loadMicroPython({
+  heapsize: 32 * 1024 * 1024,
+  stdout: (line) => lines.push(line),
+  stderr: (line) => errors.push(line),
+});
+
+mp.FS.mkdir("/portable");
+mp.FS.mkdir("/portable/client");
+const clientDir = join(root, "web/client");
+for (const name of readdirSync(clientDir).sort()) {
+  if (name.endsWith(".py")) {
+    mp.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name), "utf8"));
+  }
+}
+mp.FS.writeFile("/portable/scenario.py", readFileSync(join(root, "tests/portable/scenario.py"), "utf8"));
+
+try {
+  mp.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\n");
+} catch (err) {
+  process.stderr.write(errors.join("\n") + "\n" + String(err) + "\n");
+  process.exit(1);
+}
+if (errors.length) {
+  process.stderr.write(errors.join("\n") + "\n");
+  process.exit(1);
+}
+process.stdout.write(lines.join("\n") + "\n");

@@ -1,0 +1,66 @@
+"""Portability proof: the same scenario gives the same trace on CPython and on the MicroPython
+WebAssembly build (the browser's default interpreter) running in Node."""
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+MICROPYTHON = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
+
+
+def load_scenario():
+    spec = importlib.util.spec_from_file_location("portable_scenario", HERE / "scenario.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpython_trace():
+    lines = []
+    load_scenario().run(lines.append)
+    return lines
+
+
+def test_cpython_trace_is_deterministic_and_covers_the_story():
+    first = cpython_trace()
+    assert first == cpython_trace()
+    text = "\n".join(first)
+    for needle in (
+        '"event":"connected"',
+        '"since":{"epoch":"e1","seq":8}',  # resumed from the last seen seq
+        '"action":"hello"',
+        '"event":"gap"',
+        '"event":"exhausted"',  # accept-then-close loop ends in suspended
+        '"event":"probe"',
+        "probe timeout",
+        '"event":"offline"',
+        "connect timeout",
+        '"state":"auth-required"',
+        '"rolledBack":true',
+        "own=true",
+    ):
+        assert needle in text, needle
+    assert first[-1].startswith("stats ")
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run the MicroPython WebAssembly build")
+def test_micropython_trace_is_identical_to_cpython():
+    assert MICROPYTHON.is_file(), "npm package @micropython/micropython-webassembly-pyscript is missing (npm ci)"
+    proc = subprocess.run(
+        ["node", str(HERE / "run_micropython.mjs"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mp_lines = proc.stdout.rstrip("\n").split("\n")
+    cpy_lines = cpython_trace()
+    for i, (a, b) in enumerate(zip(cpy_lines, mp_lines)):
+        assert a == b, f"first difference at line {i + 1}"
+    assert len(mp_lines) == len(cpy_lines)

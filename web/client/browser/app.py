@@ -82,7 +82,6 @@ class DashboardApp:
         self.stories = None
         self.escalations = None
         self.pending = {}
-        self.seen_events = {}
         self._intent = None
         self.tz = timezone_offset_min()
 
@@ -131,7 +130,6 @@ class DashboardApp:
         self.stories = None
         self.escalations = None
         self.pending = {}
-        self.seen_events = {}
 
     def logout(self):
         self.end_session()
@@ -259,11 +257,6 @@ class DashboardApp:
     def on_event(self, event):
         if not isinstance(event, dict):
             return
-        key = (event.get("projectId"), event.get("epoch"), event.get("seq"))
-        if event.get("seq") is not None:
-            if key in self.seen_events:
-                return
-            self.seen_events[key] = True
         self.view.add_event(presenter.event_item_html(event, self.tz))
 
     def on_mutation(self, record):

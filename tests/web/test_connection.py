@@ -530,3 +530,15 @@ def test_config_defaults_and_bad_values():
     cfg = ClientConfig({"heartbeatIntervalMs": "x", "reconnectMaxAttempts": True, "connectTimeoutMs": -5})
     assert cfg.heartbeat_ms == 30000 and cfg.reconnect_max_attempts == 10 and cfg.connect_timeout_ms == 10000
     assert ClientConfig(None).restart_window_ms == 5000
+
+
+def test_without_a_wall_clock_expiry_is_judged_from_server_event_time():
+    d = Driver(dict(CFG), token=make_jwt(exp_s=WALL0 // 1000 + 30), wall=False)
+    d.rt.subscribe("apollo", lambda e: None)
+    d.connect()
+    d.server({"type": "event", "eventType": "x", "projectId": "apollo", "seq": 1, "epoch": "e", "timestamp": WALL0 + d.now, "data": {}})
+    d.advance(40000)
+    d.server({"type": "ping"})
+    d.closed(1006)
+    d.advance(1000)
+    assert d.state == "auth-required" and len(d.opens()) == 1

@@ -80,9 +80,14 @@ class Runtime:
     """See the module docstring; docs/client.md has the full contract."""
 
     def __init__(self, config, token_provider, rand=None, ws_url=DEFAULT_WS_URL, wall_clock=None):
+        """`wall_clock()` -> epoch ms (e.g. Date.now) lets the JWT `exp` check run before every dial;
+        without it the offset is learnt from server event timestamps."""
         self._out = []
         self.config = ClientConfig(config)
         self.rand = rand if rand is not None else random.random
+        self._wall_offset = None  # server epoch ms minus `now`, learnt from event timestamps
+        if wall_clock is None:
+            wall_clock = self._estimated_wall
         self.connection = Connection(self.config, token_provider, ws_url, self._out, hooks=self, rand=self.rand, wall_clock=wall_clock)
         self.subscriptions = subscriptions.Subscriptions()
         self.cache = cachemod.QueryCache(self._request_query, self.config.coalesce_ms, report=self._report)
@@ -316,7 +321,16 @@ class Runtime:
             self.connection._log("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
 
     # ------------------------------------------------------------------ internals
+    def _estimated_wall(self):
+        """Epoch ms for the JWT expiry check when no wall clock was given (None until an event arrived)."""
+        if self._wall_offset is None:
+            return None
+        return self._now + self._wall_offset
+
     def _on_event(self, now, msg):
+        stamp = msg.get("timestamp")
+        if wire.is_int(stamp) or (isinstance(stamp, float) and stamp == stamp):
+            self._wall_offset = stamp - now
         verdict = self.subscriptions.on_event(msg)
         if verdict in (subscriptions.UNKNOWN, subscriptions.INVALID):
             return

@@ -66,3 +66,13 @@ def events(page: Page, event_type: str | None = None) -> Locator:
     if event_type is None:
         return log.locator(":scope > *")
     return log.locator(f':scope > [data-event-type="{event_type}"]')
+
+
+def wait_for_line(page: Page, lines: list[str], prefix: str, timeout_ms: int = UI_TIMEOUT_MS) -> str:
+    """Wait (pumping Playwright events) until a collected console line starts with `prefix`."""
+    for _ in range(max(1, timeout_ms // 50)):
+        for line in lines:
+            if line.startswith(prefix):
+                return line
+        page.wait_for_timeout(50)
+    raise AssertionError(f"no console line starting with {prefix!r}")

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .harness import pick_move
-from .pages import events, login_live, status, story
+from .pages import events, login_live, status, story, wait_for_line
 
 RECOVERY_MS = 20_000
 
@@ -46,6 +46,7 @@ def test_sigterm_restart_hint_is_honoured(page, server, api, console_lines):
     login_live(page, server)
     server.terminate()
     expect(status(page)).to_have_attribute("data-close-code", "1012")
+    wait_for_line(page, console_lines, "[WebSocket] fail ")
     hints = ws_logs(console_lines, "restart-hint")
     assert [hint["delayMs"] for hint in hints] == [3000]
     # the first retry after the 1012 close is scheduled inside the hinted window

@@ -5,7 +5,7 @@ import re
 from playwright.sync_api import expect
 
 from .harness import pick_move
-from .pages import events, login_live, status, story
+from .pages import events, login_live, status, story, wait_for_line
 
 WS_PATTERN = re.compile(r".*/ws/status-updates")
 QUIET_WINDOW_MS = 3000  # > 2 x the longest backoff (1000 ms): a reconnect loop would show up in it
@@ -40,7 +40,7 @@ def test_malformed_frame_does_not_disconnect_and_later_events_still_arrive(page,
     expect(events(page, "story.status.changed")).to_have_count(1)
     expect(status(page)).to_have_attribute("data-state", "live")
     assert len(proxy.sockets) == 1  # never reconnected
-    assert any(line.startswith("[WebSocket] bad-frame") for line in console_lines)
+    wait_for_line(page, console_lines, "[WebSocket] bad-frame ")
 
 
 def test_close_4401_requires_sign_in_without_reconnect_loop(page, server):

@@ -95,6 +95,16 @@ def close_policy(code):
     return BACKOFF
 
 
+def transition_rows():
+    """The table as markdown rows `| state | event | next |` (docs/client.md embeds them; a test checks)."""
+    rows = ["| state | event | next state |", "|---|---|---|"]
+    for state in (IDLE, CONNECTING, LIVE, WAITING, REDIALING, SUSPENDED, OFFLINE, AUTH_REQUIRED):
+        row = TRANSITIONS[state]
+        for event in sorted(row):
+            rows.append("| " + state + " | " + event + " | " + row[event] + " |")
+    return rows
+
+
 class TransitionError(Exception):
     """An event was fired in a state whose row in TRANSITIONS does not list it (a bug)."""
 

@@ -203,10 +203,10 @@ class Connection:
         self.state = target
         if target == LIVE or previous == LIVE:
             self.last_live_at = now  # last moment the data was known to be live
-        self._log(event, now, delay=delay, reason=reason, previous=previous)
+        self.log_event(event, now, delay=delay, reason=reason, previous=previous)
         self.hooks.link_status(now)
 
-    def _log(self, event, now, delay=None, reason=None, previous=None, **extra):
+    def log_event(self, event, now, delay=None, reason=None, previous=None, **extra):
         since = None
         if self.last_message_at is not None:
             since = int(now - self.last_message_at)
@@ -257,7 +257,7 @@ class Connection:
             return
         self.opened = True
         self.last_message_at = now
-        self._log("open", now)
+        self.log_event("open", now)
 
     def socket_message(self, sid, text, now):
         """A text frame. Stale sockets are ignored; pings answered; the rest goes to the owner."""
@@ -269,7 +269,7 @@ class Connection:
         msg = wire.parse(text)
         if msg is None:
             self.stats.bad_frames += 1
-            self._log("bad-frame", now, reason="malformed frame")
+            self.log_event("bad-frame", now, reason="malformed frame")
             return
         kind = msg["type"]
         if kind == "ping":
@@ -282,7 +282,7 @@ class Connection:
             if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
                 window = self.config.restart_window_ms
             self.restart_window = window
-            self._log("restart-hint", now, delay=window)
+            self.log_event("restart-hint", now, delay=window)
             return
         if kind == "connected":
             if self.state in DIALING:
@@ -290,7 +290,7 @@ class Connection:
             return
         if self.state != LIVE:
             if kind == "error":
-                self._log("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")))
+                self.log_event("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")))
             return
         self.hooks.link_message(now, msg)
 
@@ -310,7 +310,7 @@ class Connection:
         if hidden == self.hidden:
             return
         self.hidden = hidden
-        self._log("hidden" if hidden else "visible", now)
+        self.log_event("hidden" if hidden else "visible", now)
         if hidden:
             return
         self.watch_base = now  # timers were throttled while hidden: give the socket a fresh window
@@ -319,7 +319,7 @@ class Connection:
         elif self.state == LIVE and self.probe_deadline is None and now - self.last_message_at > self.heartbeat_ms:
             self.out.append(("send", self.sid, wire.ping()))
             self.probe_deadline = now + self.config.probe_timeout_ms
-            self._log("probe", now, delay=self.config.probe_timeout_ms)
+            self.log_event("probe", now, delay=self.config.probe_timeout_ms)
 
     def network_changed(self, online, now):
         online = bool(online)
@@ -389,7 +389,7 @@ class Connection:
             if self.stable_at is not None and now >= self.stable_at:
                 self.stable_at = None
                 self.attempt = 0
-                self._log("stable", now)
+                self.log_event("stable", now)
                 self.hooks.link_status(now)
             if self.probe_deadline is not None and now >= self.probe_deadline:
                 self._close_socket(CLOSE_PROBE_TIMEOUT, "probe timeout")
@@ -404,7 +404,7 @@ class Connection:
             if self.hidden:
                 if not self.deferred:
                     self.deferred = True
-                    self._log("retry-deferred", now, reason="tab hidden")
+                    self.log_event("retry-deferred", now, reason="tab hidden")
                 return
             self._dial(now, DIAL)
 

@@ -318,7 +318,7 @@ class Runtime:
             self._on_subscribed(now, msg)
         elif kind == "error":
             sub = self.subscriptions.on_error(msg) if msg.get("projectId") is not None else None
-            self.connection._log("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
+            self.connection.log_event("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
 
     # ------------------------------------------------------------------ internals
     def _estimated_wall(self):
@@ -356,7 +356,7 @@ class Runtime:
                 self.cache.invalidate(key, now)
         if verdict in (subscriptions.GAP, subscriptions.EPOCH):
             self._counters["gaps" if verdict == subscriptions.GAP else "epochChanges"] += 1
-            self.connection._log(verdict, now, reason="refetch " + project_id, projectId=project_id, seq=msg.get("seq"))
+            self.connection.log_event(verdict, now, reason="refetch " + project_id, projectId=project_id, seq=msg.get("seq"))
             for key in project_keys(project_id):
                 self.cache.invalidate(key, now)
         event = dict(msg)
@@ -383,7 +383,7 @@ class Runtime:
             for key in project_keys(project_id)[1:]:
                 self.cache.invalidate(key, now, before=sub.sent_at)
         record_recovered = trusted if sub.sent_since else None
-        self.connection._log("subscribed", now, projectId=project_id, replayed=msg.get("replayed"), seq=sub.seq, recovered=record_recovered)
+        self.connection.log_event("subscribed", now, projectId=project_id, replayed=msg.get("replayed"), seq=sub.seq, recovered=record_recovered)
 
     def _retain(self, project_id):
         if self.subscriptions.add(project_id) and self.connection.state == LIVE:
@@ -467,7 +467,7 @@ class Runtime:
 
     def _report(self, exc):
         self._counters["listenerErrors"] += 1
-        self.connection._log("listener-error", self._now, reason=type(exc).__name__ + ": " + str(exc))
+        self.connection.log_event("listener-error", self._now, reason=type(exc).__name__ + ": " + str(exc))
 
 
 def _error_text(status, body, parsed):

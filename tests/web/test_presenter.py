@@ -54,7 +54,7 @@ def test_banner_only_when_degraded():
     assert presenter.banner({"state": "live"}, to_wall) is None
     assert presenter.banner({"state": "connecting"}, to_wall) is None
     suspended = presenter.banner({"state": "suspended", "attempt": 3}, to_wall)
-    assert suspended["retry"] is True and "after 3 attempts" in suspended["text"]
+    assert suspended["retry"] is True and "retries are paused" in suspended["text"]
     offline = presenter.banner({"state": "offline"}, to_wall)
     assert offline["retry"] is False and "offline" in offline["text"]
     assert presenter.banner({"state": "auth-required"}, to_wall)["retry"] is False

@@ -114,7 +114,7 @@ def banner(status, to_wall, tz_offset_min=0):
         text += ", next try at %s." % when if when else "…"
         return {"kind": "warn", "text": text + " What you see may be out of date.", "retry": True}
     if state == "suspended":
-        text = "The server could not be reached after %d attempts, so automatic retries are paused" % attempt
+        text = "The server could not be reached after repeated attempts, so automatic retries are paused"
         text += " (next try at %s)." % when if when else "."
         return {"kind": "error", "text": text + " Press Retry once the server is back.", "retry": True}
     if state == "offline":

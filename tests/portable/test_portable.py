@@ -1,5 +1,5 @@
-"""Portability proof: the same scenario gives the same trace on CPython and on the MicroPython
-WebAssembly build (the browser's default interpreter) running in Node."""
+"""Portability proof: the same scenario gives the same trace on CPython, on the MicroPython
+WebAssembly build (the browser's default interpreter) and on Pyodide, both running in Node."""
 
 import importlib.util
 import shutil
@@ -48,19 +48,28 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
     assert first[-1].startswith("stats ")
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run the MicroPython WebAssembly build")
-def test_micropython_trace_is_identical_to_cpython():
-    assert MICROPYTHON.is_file(), "npm package @micropython/micropython-webassembly-pyscript is missing (npm ci)"
+RUNNERS = {
+    # interpreter: (runner, npm entry point it loads)
+    "micropython": ("run_micropython.mjs", MICROPYTHON),
+    "pyodide": ("run_pyodide.mjs", ROOT / "node_modules" / "pyodide" / "pyodide.mjs"),
+}
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run the WebAssembly interpreters")
+@pytest.mark.parametrize("interpreter", sorted(RUNNERS))
+def test_webassembly_trace_is_identical_to_cpython(interpreter):
+    runner, entry = RUNNERS[interpreter]
+    assert entry.is_file(), f"{entry} is missing (npm ci)"
     proc = subprocess.run(
-        ["node", str(HERE / "run_micropython.mjs"), str(ROOT)],
+        ["node", str(HERE / runner), str(ROOT)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    mp_lines = proc.stdout.rstrip("\n").split("\n")
+    wasm_lines = proc.stdout.rstrip("\n").split("\n")
     cpy_lines = cpython_trace()
-    for i, (a, b) in enumerate(zip(cpy_lines, mp_lines)):
-        assert a == b, f"first difference at line {i + 1}"
-    assert len(mp_lines) == len(cpy_lines)
+    for i, (a, b) in enumerate(zip(cpy_lines, wasm_lines)):
+        assert a == b, f"{interpreter}: first difference at line {i + 1}"
+    assert len(wasm_lines) == len(cpy_lines)

@@ -124,6 +124,7 @@ class Runtime:
         self._now = now
         self.connection.handle_timer(now)
         self.cache.handle_timer(now)
+        self._publish()
 
     def start(self, now):
         self._now = now
@@ -162,6 +163,7 @@ class Runtime:
         self._now = now
         self.connection.retry_now(now)
         self.cache.refetch_errors(now)
+        self._publish()
 
     def fetch_result(self, rid, status, body_text, now):
         """Outcome of a ("fetch", rid, ...) command. status 0 = network error."""

@@ -65,7 +65,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read every `DASHBOARD_*` variable; unknown or malformed values raise `ValueError`."""
+        """Read every known `DASHBOARD_*` variable; a malformed or out-of-range value raises `ValueError`."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
@@ -90,6 +90,24 @@ class Settings:
                 raise ValueError(f"DASHBOARD_{f.name.upper()}: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
 
+    def __post_init__(self) -> None:
+        positive = (
+            "token_ttl_s", "heartbeat_interval_ms", "heartbeat_misses", "reconnect_base_ms", "reconnect_max_ms",
+            "reconnect_max_attempts", "connect_timeout_ms", "suspended_retry_ms", "demo_activity_interval_ms",
+            "max_subscriptions", "max_message_bytes", "rate_limit_per_s", "rate_limit_burst", "send_queue_size",
+            "history_size", "history_ttl_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DASHBOARD_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DASHBOARD_{name.upper()} must not be negative, got {getattr(self, name)!r}")
+        if self.reconnect_max_ms < self.reconnect_base_ms:
+            raise ValueError("DASHBOARD_RECONNECT_MAX_MS must be at least DASHBOARD_RECONNECT_BASE_MS")
+        if not self.ws_path.startswith("/"):
+            raise ValueError("DASHBOARD_WS_PATH must start with /")
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -105,9 +123,13 @@ class Settings:
             path = Path(self.var_dir) / "jwt-secret"
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_urlsafe(48))
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:  # another process created it first: use theirs
+                    pass
+                else:
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(secrets.token_urlsafe(48))
             key = path.read_text().strip().encode()
         if len(key) < MIN_SECRET_BYTES:
             raise ValueError(f"DASHBOARD_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from realtime_harness import FakeStore, LiveServer, make_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bus"))
+from redis_server import REDIS_BINARY, SKIP_REASON, RedisServer  # noqa: E402
 
 
 @pytest.fixture
@@ -26,3 +31,11 @@ def live() -> Iterator[LiveServer]:
     )
     with LiveServer(settings, FakeStore()) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    if not REDIS_BINARY:
+        pytest.skip(SKIP_REASON)
+    with RedisServer() as server:
+        yield server.url

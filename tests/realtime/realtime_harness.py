@@ -140,6 +140,16 @@ class LiveServer:
         value = self.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
 
+    async def wait_metric(self, name: str, expected: float, labels: dict[str, str] | None = None) -> float:
+        """Wait (bounded) until a metric reaches `expected`: the server records a close after the client saw it."""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while self.metric(name, labels) != expected:
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            pass
+        return self.metric(name, labels)
+
 
 # -- client helpers -----------------------------------------------------------------------------
 

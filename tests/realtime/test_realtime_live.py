@@ -236,7 +236,7 @@ async def test_rate_limit_closes_4429(live: LiveServer) -> None:
     assert code == 4429
     assert messages[-1] == {"type": "error", "error": "rate_limited", "message": "too many messages; reconnect later"}
     assert live.metric("websocket_rate_limited_total") == before + 1
-    assert live.metric("websocket_disconnects_total", {"code": "4429"}) >= 1
+    assert await live.wait_metric("websocket_disconnects_total", 1, {"code": "4429"}) == 1
 
 
 async def test_too_many_subscriptions(live: LiveServer) -> None:
@@ -255,17 +255,18 @@ async def test_too_many_subscriptions(live: LiveServer) -> None:
 
 
 async def test_metrics_track_connections_and_subscriptions(live: LiveServer) -> None:
-    base = live.metric("websocket_active_connections")
+    assert await live.wait_metric("websocket_active_connections", 0) == 0  # earlier tests' sockets are gone
+    assert await live.wait_metric("websocket_active_subscriptions", 0) == 0
+    normal_closes = live.metric("websocket_disconnects_total", {"code": "1000"})
     async with open_ws(live, token_for(live.settings)) as ws:
         await recv_type(ws, "connected")
         await subscribe(ws, "apollo")
-        assert live.metric("websocket_active_connections") == base + 1
-        assert live.metric("websocket_active_subscriptions") >= 1
-    # the server notices the close shortly after
-    async with asyncio.timeout(TIMEOUT):
-        while live.metric("websocket_active_connections") != base:
-            await asyncio.sleep(0.01)
-    assert live.metric("websocket_disconnects_total", {"code": "1000"}) >= 1
+        await subscribe(ws, "borealis")
+        assert live.metric("websocket_active_connections") == 1
+        assert live.metric("websocket_active_subscriptions") == 2
+    assert await live.wait_metric("websocket_active_connections", 0) == 0
+    assert live.metric("websocket_active_subscriptions") == 0
+    assert await live.wait_metric("websocket_disconnects_total", normal_closes + 1, {"code": "1000"}) == normal_closes + 1
 
 
 async def test_plain_http_on_ws_path_is_rejected(live: LiveServer) -> None:

@@ -36,7 +36,7 @@ async def test_heartbeat_pings_and_closes_silent_client_4000() -> None:
         assert code == 4000
         assert {"type": "ping"} in messages
         assert live.metric("websocket_heartbeat_failures_total") == 1
-        assert live.metric("websocket_disconnects_total", {"code": "4000"}) == 1
+        assert await live.wait_metric("websocket_disconnects_total", 1, {"code": "4000"}) == 1
 
 
 async def test_heartbeat_any_message_keeps_the_connection_alive() -> None:
@@ -91,7 +91,7 @@ async def test_slow_consumer_is_closed_4008_and_others_are_unaffected() -> None:
             await live.publish("apollo", "story.created", {})
             assert (await recv_type(fast, "event"))["seq"] == received[-1] + 1
             assert received == list(range(reply["seq"] + 1, reply["seq"] + 1 + len(received)))
-        assert live.metric("websocket_disconnects_total", {"code": "4008"}) == 1
+        assert await live.wait_metric("websocket_disconnects_total", 1, {"code": "4008"}) == 1
 
 
 async def test_graceful_shutdown_sends_restart_then_1012() -> None:

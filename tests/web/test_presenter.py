@@ -132,3 +132,19 @@ def test_mutation_error_text_says_what_failed_and_where_the_story_is():
     assert presenter.mutation_error_text(offline) == (
         "Could not raise the escalation: the server could not be reached."
     )
+
+
+def test_project_update_summarises_the_counts():
+    event = {
+        "eventType": "project.updated",
+        "projectId": "apollo",
+        "data": {"project": {"id": "apollo", "name": "Apollo", "counts": {"todo": 1, "done": 0, "openEscalations": 2}}},
+    }
+    assert presenter.event_summary(event) == "Apollo: 1 to do, 2 open escalations"
+
+
+def test_escalation_being_sent_is_marked_and_cannot_be_resolved_yet():
+    placeholder = {"id": "mabc-1", "title": "Quota", "status": "open", "createdAt": None, "pending": True}
+    html = presenter.escalations_html([placeholder])
+    assert "sending…" in html and 'class="escalation open pending"' in html
+    assert "resolve-escalation" not in html

@@ -230,25 +230,32 @@ def escalations_html(escalations, tz_offset_min=0, pending_ids=()):
     for esc in items:
         eid = esc.get("id")
         is_open = esc.get("status") == "open"
+        sending = bool(esc.get("pending"))
         action = (
             '<button type="button" class="btn btn-small" data-action="resolve-escalation"'
             ' data-escalation-id="%s">Resolve</button>' % escape(eid)
-            if is_open and eid not in pending_ids
+            if is_open and eid not in pending_ids and not sending
             else ""
         )
-        parts.append(
-            '<li class="escalation %s%s" data-testid="escalation" data-escalation-id="%s" data-status="%s">'
-            '<span class="esc-dot"></span><div class="esc-body"><div class="esc-title">%s</div>'
-            '<div class="esc-meta">%s · raised by %s at %s</div></div>%s</li>'
-            % (
-                escape(esc.get("status")),
-                " pending" if eid in pending_ids else "",
-                escape(eid),
-                escape(esc.get("status")),
-                escape(esc.get("title")),
+        if sending:
+            meta = "sending…"
+        else:
+            meta = "%s · raised by %s at %s" % (
                 "open" if is_open else "resolved",
                 escape(esc.get("createdBy") or "someone"),
                 clock(esc.get("createdAt"), tz_offset_min),
+            )
+        parts.append(
+            '<li class="escalation %s%s" data-testid="escalation" data-escalation-id="%s" data-status="%s">'
+            '<span class="esc-dot"></span><div class="esc-body"><div class="esc-title">%s</div>'
+            '<div class="esc-meta">%s</div></div>%s</li>'
+            % (
+                escape(esc.get("status")),
+                " pending" if eid in pending_ids or sending else "",
+                escape(eid),
+                escape(esc.get("status")),
+                escape(esc.get("title")),
+                meta,
                 action,
             )
         )
@@ -275,7 +282,12 @@ def event_summary(event):
         return esc.get("title") or ""
     if kind == "project.updated":
         project = data.get("project") or {}
-        return project.get("name") or project.get("id") or ""
+        counts = project.get("counts") or {}
+        parts = ["%d %s" % (int(counts.get(s) or 0), STATUS_LABELS[s].lower()) for s in STATUSES if counts.get(s)]
+        if counts.get("openEscalations"):
+            parts.append("%d open escalation%s" % (counts["openEscalations"], "" if counts["openEscalations"] == 1 else "s"))
+        name = project.get("name") or project.get("id") or ""
+        return name + (": " + ", ".join(parts) if parts else "")
     return ""
 
 

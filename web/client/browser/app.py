@@ -13,7 +13,7 @@ from client.runtime import Runtime
 
 from . import storage
 from .adapter import BrowserAdapter, socket_url
-from .ffi import js, now_ms, text, to_js, wall_ms
+from .ffi import is_none, js, now_ms, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
 DEFAULT_CONFIG = {"wsPath": "/ws/status-updates"}
@@ -278,7 +278,7 @@ class DashboardApp:
 
     def on_click(self, event):
         target = event.target.closest("[data-action]")
-        if target is None or not target:
+        if target is None or is_none(target):
             return
         action = attr(target, "data-action")
         session = self.session

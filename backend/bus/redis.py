@@ -123,7 +123,7 @@ class RedisBus:
             done, _ = await asyncio.wait({self._reader}, timeout=READ_BLOCK_MS / 1000 * 4)
             if not done:
                 self._reader.cancel()
-                await asyncio.gather(self._reader, return_exceptions=True)
+                await asyncio.wait({self._reader})
             self._reader = None
         if self._redis is not None:
             await self._redis.aclose()

@@ -104,7 +104,9 @@ class _Connection:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # asyncio.wait, not gather: if we are cancelled meanwhile, our own CancelledError (with the
+            # canceller's message) must propagate, not a child's.
+            await asyncio.wait(tasks)
 
     async def _write(self) -> None:
         ws = self.ws

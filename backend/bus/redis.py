@@ -29,7 +29,7 @@ from ..settings import Settings
 from .events import Event, Listener, ListenerSet, Unsubscribe, new_epoch
 
 PREFIX = "{dashboard}"
-READ_BLOCK_MS = 250  # also how long stop() may wait for the reader to notice
+READ_BLOCK_MS = 100  # also how long stop() may wait for the reader to notice
 READ_COUNT = 500
 ALL_STREAM_FACTOR = 10  # the fan-out stream holds this many times history_size entries (at least 10 000)
 

@@ -41,6 +41,7 @@ from .session import (
     parse,
 )
 
+_log = logging.getLogger("dashboard")
 CLOSE_TIMEOUT_S = 5.0  # how long the writer may take to get a close frame out to a stuck client
 _counter = itertools.count(1)
 
@@ -107,6 +108,9 @@ class _Connection:
             # asyncio.wait, not gather: if we are cancelled meanwhile, our own CancelledError (with the
             # canceller's message) must propagate, not a child's.
             await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    _log.error("connection task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _write(self) -> None:
         ws = self.ws
@@ -178,7 +182,11 @@ class _Connection:
                 outbox.close(frames.MESSAGE_TOO_BIG, "message too big")
                 continue
             started = time.perf_counter()
-            await self._handle(text)
+            try:
+                await self._handle(text)
+            except Exception:  # a server bug answers this message with an error; the connection lives on
+                _log.exception("failed to handle a client message")
+                outbox.push(frames.error("internal_error", "the server could not handle this message"))
             self.metrics.message_duration.observe(time.perf_counter() - started)
 
     async def _handle(self, text: str) -> None:
@@ -235,7 +243,7 @@ class _Connection:
             if inspect.isawaitable(result):
                 result = await result
         except Exception:
-            logging.getLogger("dashboard").exception("membership check failed")
+            _log.exception("membership check failed")
             return False
         return bool(result)
 

@@ -120,6 +120,28 @@ def print_header(title: str, info: dict[str, object], settings: dict[str, object
     print(f"   settings: {json.dumps(settings, sort_keys=True, default=str)}", flush=True)
 
 
+_CHILDREN: list[Child] = []
+
+
+def _cleanup() -> None:
+    for child in list(_CHILDREN):
+        with contextlib.suppress(Exception):
+            child.kill()
+
+
+def install_cleanup() -> None:
+    """Kill every `Child` still running at exit, and turn SIGTERM/SIGHUP into a normal exit (finally blocks run)."""
+    import atexit
+
+    atexit.register(_cleanup)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 class Child:
     """A subprocess in its own process group, killed (group-wide, by its own pgid) on `stop()`.
 
@@ -141,6 +163,7 @@ class Child:
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.proc.pid, cpus)
+        _CHILDREN.append(self)
 
     @property
     def pid(self) -> int:
@@ -170,6 +193,8 @@ class Child:
         if self._log is not subprocess.DEVNULL:
             self._log.close()
             self._log = subprocess.DEVNULL
+        if self in _CHILDREN:
+            _CHILDREN.remove(self)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -1,0 +1,92 @@
+"""`python -m bench [--quick] [all|fanout|storm|browser|profile|report]` (`make bench` runs `all`).
+
+- `fanout`:  fan-out throughput/latency and memory per connection, our server vs the bare Starlette loop
+             (N = 1000 and 5000; `--quick`: N = 200).
+- `storm`:   reconnect storm of N = 1000 real client cores (`--quick`: 100), no-jitter vs jitter schedule.
+- `browser`: time to live data in headless Chromium, MicroPython / Pyodide / plain-JS floor, cold and warm.
+- `profile`: the fan-out once more with allocation tracing and pyinstrument (writes bench/results/profile-*).
+- `report`:  tables and plots from the JSON results (also run at the end of every other command).
+
+Full results go to `bench/results/`, quick ones to `bench/results/quick/`; `report` rewrites the generated
+part of `docs/performance.md` from the full results only. Loopback only; every child process is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench.env import install_cleanup
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="all",
+                        choices=["all", "fanout", "storm", "browser", "profile", "report"])
+    parser.add_argument("--quick", action="store_true", help="small N and few runs (a minute or two)")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="fan-out N list, e.g. 1000,5000")
+    parser.add_argument("--workers", type=int, help="fan-out load-generator processes")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and clients to CPU 1")
+    parser.add_argument("--clients", type=int, help="storm: number of headless clients")
+    parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
+    parser.add_argument("--runs", type=int, help="browser: runs per cell")
+    args = parser.parse_args(argv)
+    install_cleanup()
+
+    from bench import report
+    from bench.env import RESULTS
+
+    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    prefix = "quick/" if args.quick else ""
+    tag = "quick" if args.quick else "full"
+    started = time.monotonic()
+    cmd = args.command
+
+    if cmd in ("all", "fanout"):
+        from bench.fanout import FanoutConfig, run_fanout
+
+        cfg = FanoutConfig(out=prefix + "fanout.json", tag=tag, pin=not args.no_pin)
+        if args.quick:
+            cfg.sizes, cfg.workers, cfg.step_s = [200], 2, 2.0
+        if args.sizes:
+            cfg.sizes = args.sizes
+        if args.workers:
+            cfg.workers = args.workers
+        run_fanout(cfg)
+    if cmd in ("all", "storm"):
+        from bench.storm import StormConfig, run_storm
+
+        scfg = StormConfig(out=prefix + "storm.json", tag=tag)
+        if args.quick:
+            scfg.clients, scfg.during_s = 100, 4.0
+        if args.clients:
+            scfg.clients = args.clients
+        if args.kill:
+            scfg.kill = args.kill
+        run_storm(scfg)
+    if cmd in ("all", "browser"):
+        from bench.browser import BrowserConfig, run_browser
+
+        bcfg = BrowserConfig(out=prefix + "browser.json", tag=tag)
+        if args.quick:
+            bcfg.runs = 2
+        if args.runs:
+            bcfg.runs = args.runs
+        run_browser(bcfg)
+    if cmd == "profile":
+        from bench.fanout import FanoutConfig, run_fanout
+
+        pcfg = FanoutConfig(out=prefix + "profile.json", tag=tag + "-profile", profile=True, pin=not args.no_pin,
+                            sizes=[200] if args.quick else [1000], workers=2 if args.quick else 4)
+        if args.sizes:
+            pcfg.sizes = args.sizes
+        run_fanout(pcfg)
+
+    report.write(out_dir, docs=not args.quick)
+    print(f"== done in {time.monotonic() - started:.0f}s; results in {out_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

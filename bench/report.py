@@ -1,0 +1,330 @@
+"""Markdown tables and PNG plots from the JSON results. Call `write(results_dir, docs=...)`.
+
+Writes `<results_dir>/summary.md` and `<results_dir>/*.png`. With `docs=True` it also replaces the part of
+`docs/performance.md` between the GENERATED markers (the prose around it is written by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.env import RESULTS, ROOT
+
+DOC = ROOT / "docs" / "performance.md"
+BEGIN = "<!-- BEGIN GENERATED (python -m bench report) -->"
+END = "<!-- END GENERATED -->"
+
+
+def _load(d: Path, name: str) -> dict[str, Any] | None:
+    p = d / name
+    if not p.exists():
+        return None
+    return dict(json.loads(p.read_text()))
+
+
+def _f(v: Any, digits: int = 1, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, (int, float)):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}{unit}"
+        return f"{v:.{digits}f}{unit}"
+    return str(v)
+
+
+def _ok(v: Any) -> str:
+    return "met" if v is True else ("**not met**" if v is False else "–")
+
+
+def machine_lines(data: dict[str, Any]) -> list[str]:
+    m = data["machine"]
+    v = m["versions"]
+    return [
+        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['mem_total_mb'] / 1024:.1f} GiB RAM, "
+        f"load at start {m['loadavg_at_start']}, RLIMIT_NOFILE {m['nofile']}; git {m['git_head']}; "
+        f"finished {data.get('finished_utc', '?')}.",
+        f"- Versions: Python {v['python']}, uvicorn {v['uvicorn']}, Starlette {v['starlette']}, websockets "
+        f"{v['websockets']}, uvloop {v['uvloop']}, httptools {v['httptools']}"
+        + (f", {m['chromium']}" if m.get("chromium") else "") + ".",
+        "- uvicorn (both servers): " + ", ".join(f"`{k}={val}`" for k, val in sorted(m["uvicorn_settings"].items())) + ".",
+    ]
+
+
+# -- fan-out ---------------------------------------------------------------------------------------
+
+
+def fanout_md(data: dict[str, Any], img: str) -> list[str]:
+    s = data["settings"]
+    out = ["### Fan-out: deliveries/s and publish-to-receipt latency", ""]
+    out += machine_lines(data)
+    out.append(f"- Load: {s['workers']} load-generator processes (`websockets` client, uvloop)"
+               + (", server pinned to CPU 0 and clients to CPU 1" if s.get("pin") else "")
+               + f"; fixed-rate steps of {s['step_s']:g} s, then a burst of back-to-back events; "
+               f"every client subscribed to one project; event frame ≈ 430 B.")
+    out.append("")
+    out.append("| N | server | step | offered del/s | achieved del/s | p50 ms | p90 ms | p99 ms | max ms | lost | server CPU µs/delivery |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in data["runs"]:
+        if "steps" not in r:
+            continue
+        for i, st in enumerate(r["steps"] + [r["burst"]]):
+            lat = st["latency"]
+            label = f"{i}" if i < len(r["steps"]) else f"burst {st['events']}"
+            out.append(f"| {r['n']} | {r['kind']} | {label} | {_f(st['offered_deliveries_per_s'], 0)} | "
+                       f"{_f(st['deliveries_per_s'], 0)} | {_f(lat.get('p50_ms'))} | {_f(lat.get('p90_ms'))} | "
+                       f"{_f(lat.get('p99_ms'))} | {_f(lat.get('p100_ms'))} | {st['lost']} | "
+                       f"{_f(st['server_cpu_us_per_delivery'])} |")
+    out.append("")
+    out.append("| N | throughput app / bare (burst) | target ≥ 0.9 | p99 app / bare (step) | target ≤ 1.2 | lost app / bare |")
+    out.append("|---|---|---|---|---|---|")
+    for n, v in data.get("verdict", {}).items():
+        out.append(f"| {n} | {_f(v['throughput_ratio'], 2)} | {_ok(v['throughput_ok'])} | {_f(v['p99_ratio'], 2)} "
+                   f"(step {v['p99_step']}) | {_ok(v['p99_ok'])} | {v['lost_app']} / {v['lost_bare']} |")
+    out += ["", f"![fan-out latency]({img}fanout-latency.png)", ""]
+    return out
+
+
+def memory_md(data: dict[str, Any], img: str) -> list[str]:
+    out = ["### Memory per idle, authenticated, subscribed connection", ""]
+    out.append("RSS of the server process (psutil) after a one-connection warm-up, then 2 s after N connections "
+               "opened and subscribed: (RSS_N − RSS_base) / N.")
+    out.append("")
+    out.append("| N | server | connect + subscribe time s | RSS base MB | RSS idle MB | KB / connection | RSS after publishing MB |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in data["runs"]:
+        if "rss_idle_mb" not in r:
+            continue
+        out.append(f"| {r['n']} | {r['kind']} | {_f(r['connect_s'])} | {_f(r['rss_base_mb'])} | {_f(r['rss_idle_mb'])} | "
+                   f"{_f(r['rss_per_conn_kb'])} | {_f(r.get('rss_after_mb'))} |")
+    out.append("")
+    out.append("| N | app KB/conn | ratio to bare | target ≤ 1.2 and < 32 KB |")
+    out.append("|---|---|---|---|")
+    for n, v in data.get("verdict", {}).items():
+        out.append(f"| {n} | {_f(v['mem_kb'])} | {_f(v['mem_ratio'], 2)} | {_ok(v['mem_ok'])} |")
+    out += ["", f"![memory]({img}memory.png)", ""]
+    return out
+
+
+def plot_fanout(data: dict[str, Any], d: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["n"] for r in data["runs"] if "steps" in r})
+    if not sizes:
+        return
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.2), squeeze=False)
+    for ax, n in zip(axes[0], sizes, strict=True):
+        for r in data["runs"]:
+            if r["n"] != n or "steps" not in r:
+                continue
+            xs = [st["offered_deliveries_per_s"] for st in r["steps"]]
+            color = "tab:blue" if r["kind"] == "app" else "tab:gray"
+            ax.plot(xs, [st["latency"].get("p50_ms") for st in r["steps"]], "o--", color=color, label=f"{r['kind']} p50")
+            ax.plot(xs, [st["latency"].get("p99_ms") for st in r["steps"]], "s-", color=color, label=f"{r['kind']} p99")
+        ax.set_title(f"N = {n} subscribers")
+        ax.set_xlabel("offered deliveries / s")
+        ax.set_ylabel("publish → receipt latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(d / "fanout-latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels, mem, colors = [], [], []
+    for r in data["runs"]:
+        if "rss_per_conn_kb" in r:
+            labels.append(f"{r['kind']}\nN={r['n']}")
+            mem.append(r["rss_per_conn_kb"])
+            colors.append("tab:blue" if r["kind"] == "app" else "tab:gray")
+    ax1.bar(labels, mem, color=colors)
+    ax1.axhline(32, color="tab:red", linestyle=":", label="32 KB target")
+    ax1.set_ylabel("server RSS per connection (KB)")
+    ax1.legend()
+    tp = [(f"{r['kind']}\nN={r['n']}", r["burst"]["deliveries_per_s"] or 0, "tab:blue" if r["kind"] == "app" else "tab:gray")
+          for r in data["runs"] if "burst" in r]
+    ax2.bar([t[0] for t in tp], [t[1] for t in tp], color=[t[2] for t in tp])
+    ax2.set_ylabel("burst deliveries / s")
+    fig.tight_layout()
+    fig.savefig(d / "memory.png", dpi=110)
+    plt.close(fig)
+
+
+# -- storm -----------------------------------------------------------------------------------------
+
+
+def storm_md(data: dict[str, Any], img: str) -> list[str]:
+    s = data["settings"]
+    out = ["### Reconnect storm", ""]
+    out += machine_lines(data)
+    out.append(f"- {s['clients']} headless clients running the real client core (`client.runtime.Runtime`) in "
+               f"{s['workers']} processes, bus `{s['bus']}`; server {'SIGKILL' if s['kill'] == 'kill' else 'SIGTERM'}, "
+               f"restart after {s['down_s']:g} s on the same port. Events: {s['before']} before, {s['outage']} into "
+               f"Redis while down, {s['rate']:g}/s for {s['during_s']:g} s after the restart, {s['after']} after.")
+    out.append("")
+    out.append("| schedule | peak dials / 100 ms | peak handshakes / 100 ms | dials after kill | server ready after kill s | "
+               "50 % back s | 99 % back s | all back s | lost events | seq gaps | recovered (resume) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in data["runs"]:
+        if "peak_dials_per_100ms" not in r:
+            continue
+        out.append(f"| {r['mode']} | {r['peak_dials_per_100ms']} | {r['peak_handshakes_per_100ms']} | "
+                   f"{r['dials_after_kill']} | {_f(r['restart_ready_s'])} | {_f(r['t50_s'])} | {_f(r['t99_s'])} | "
+                   f"{_f(r['t100_s'])} | {r['lost']} | {r['seq_gaps']} | {r['recovered_true']}/{r['clients']} |")
+    v = data.get("verdict", {})
+    out.append("")
+    out.append(f"- Peak (jitter / seed): {_f(v.get('peak_ratio'), 2)}, target ≤ 0.25: {_ok(v.get('peak_ok'))}.")
+    out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
+               f"{_ok(v.get('lost_ok'))}.")
+    out += ["", f"![storm]({img}storm.png)", ""]
+    return out
+
+
+def plot_storm(data: dict[str, Any], d: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in data["runs"] if "dial_bins" in r]
+    if not runs:
+        return
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    for r in runs:
+        xs = [i * 0.1 for i in range(len(r["dial_bins"]))]
+        ax1.step(xs, r["dial_bins"], where="post", label=f"{r['mode']}: dials")
+        cx = [c[0] for c in r["curve"]]
+        cy = [c[1] / r["clients"] * 100 for c in r["curve"]]
+        ax2.plot(cx, cy, label=r["mode"])
+        ax1.axvline(r["restart_ready_s"], color="gray", linestyle=":", alpha=0.6)
+        ax2.axvline(r["restart_ready_s"], color="gray", linestyle=":", alpha=0.6)
+    ax1.set_ylabel("dials per 100 ms")
+    ax1.legend()
+    ax1.grid(True, alpha=0.3)
+    ax2.set_ylabel("% live and re-subscribed")
+    ax2.set_xlabel("seconds after the kill (dotted: server ready again)")
+    ax2.legend()
+    ax2.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(d / "storm.png", dpi=110)
+    plt.close(fig)
+
+
+# -- browser ---------------------------------------------------------------------------------------
+
+
+def browser_md(data: dict[str, Any], img: str) -> list[str]:
+    out = ["### Time to live data in headless Chromium", ""]
+    out += machine_lines(data)
+    out.append(f"- {data['settings']['runs']} runs per cell, pages interleaved. Signed in beforehand (token and "
+               "user pre-seeded in `localStorage` by an init script); clock from navigation start to the first DOM "
+               "state with `data-state=\"live\"` and the first project's stories rendered.")
+    out.append("")
+    out.append("| page | cold median ms [min–max] | warm median ms [min–max] | requests (cold) | transferred KiB (cold) | cold / floor |")
+    out.append("|---|---|---|---|---|---|")
+    res = data["results"]
+    floor = res.get("js-floor", {}).get("cold", {}).get("median_ms")
+    for name, cell in res.items():
+        c, w = cell["cold"], cell["warm"]
+        samples = [s for s in c.get("samples", []) if s.get("liveAt") is not None]
+        reqs = samples[0].get("requests") if samples else None
+        kib = (samples[0].get("transferBytes", 0) / 1024) if samples else None
+        fails = (f" ({c['failures']} failed)" if c.get("failures") else "")
+        out.append(f"| {name} | {_f(c.get('median_ms'), 0)} [{_f(c.get('min_ms'), 0)}–{_f(c.get('max_ms'), 0)}]{fails} | "
+                   f"{_f(w.get('median_ms'), 0)} [{_f(w.get('min_ms'), 0)}–{_f(w.get('max_ms'), 0)}] | {_f(reqs, 0)} | "
+                   f"{_f(kib, 0)} | {_f(c['median_ms'] / floor if floor and c.get('median_ms') else None, 1)} |")
+    v = data.get("verdict", {})
+    out.append("")
+    out.append(f"- MicroPython cold < 600 ms: {_ok(v.get('under_600_ok'))}; within 4× the JS floor: "
+               f"{_ok(v.get('within_4x_ok'))} (ratio {_f(v.get('ratio_to_floor'), 1)}).")
+    out += ["", f"![browser]({img}browser.png)", ""]
+    return out
+
+
+def plot_browser(data: dict[str, Any], d: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = data["results"]
+    names = list(res)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for j, kind in enumerate(("cold", "warm")):
+        med = [res[n][kind].get("median_ms") or 0 for n in names]
+        lo = [max(0, (res[n][kind].get("median_ms") or 0) - (res[n][kind].get("min_ms") or 0)) for n in names]
+        hi = [max(0, (res[n][kind].get("max_ms") or 0) - (res[n][kind].get("median_ms") or 0)) for n in names]
+        ax.bar([i + (j - 0.5) * width for i in range(len(names))], med, width, yerr=[lo, hi], capsize=3, label=kind)
+    ax.axhline(600, color="tab:red", linestyle=":", label="600 ms target (MicroPython cold)")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("navigation → live data (ms)")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(d / "browser.png", dpi=110)
+    plt.close(fig)
+
+
+# -- profile ---------------------------------------------------------------------------------------
+
+
+def profile_md(data: dict[str, Any], rel: str) -> list[str]:
+    out = ["### Profiles", ""]
+    for r in data["runs"]:
+        tm = r.get("tracemalloc", {})
+        out.append(f"- {r['kind']} N={r['n']}: traced Python allocations {_f(tm.get('per_conn_bytes', 0) / 1024)} KiB "
+                   f"per connection (`{rel}profile-memory-{r['kind']}-{r['n']}.txt`), CPU profile "
+                   f"`{rel}profile-cpu-{r['kind']}-{r['n']}.txt` (.html alongside).")
+    out.append("")
+    return out
+
+
+def write(d: Path = RESULTS, docs: bool = True) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    fan, storm, browser, prof = (_load(d, "fanout.json"), _load(d, "storm.json"), _load(d, "browser.json"),
+                                 _load(d, "profile.json"))
+    sections: list[list[str]] = []
+    for data, md, plot in ((fan, fanout_md, plot_fanout), (storm, storm_md, plot_storm),
+                           (browser, browser_md, plot_browser)):
+        if data is None:
+            continue
+        try:
+            plot(data, d)
+        except Exception as exc:  # noqa: BLE001 - a plot problem must not lose the tables
+            print(f"   plot failed: {exc!r}")
+        sections.append(md(data, ""))
+        if data is fan:
+            sections.append(memory_md(fan, ""))
+    if prof is not None:
+        sections.append(profile_md(prof, ""))
+    body = [line for sec in sections for line in sec]
+    summary = d / "summary.md"
+    summary.write_text("# Benchmark results\n\nGenerated by `python -m bench report` from the JSON files here.\n\n"
+                       + "\n".join(body).replace("](", "](./") + "\n")
+    if docs and DOC.exists():
+        rel = "../" + str(d.relative_to(ROOT)) + "/"
+        doc_body = []
+        for data, md in ((fan, fanout_md), (storm, storm_md), (browser, browser_md)):
+            if data is not None:
+                doc_body += md(data, rel)
+                if data is fan:
+                    doc_body += memory_md(fan, rel)
+        if prof is not None:
+            doc_body += profile_md(prof, "bench/results/")
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            head, _, rest = text.partition(BEGIN)
+            _, _, tail = rest.partition(END)
+            DOC.write_text(head + BEGIN + "\n\n" + "\n".join(doc_body) + "\n" + END + tail)
+    print(f"   report: {summary}", flush=True)
+    return summary

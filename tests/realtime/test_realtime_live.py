@@ -273,3 +273,29 @@ async def test_plain_http_on_ws_path_is_rejected(live: LiveServer) -> None:
     with pytest.raises(Exception):
         async with connect(live.url.replace("/ws/status-updates", "/nope"), open_timeout=TIMEOUT):
             pass
+
+
+def _masked_frame(first_byte: int, payload: bytes) -> bytes:
+    """A client frame built by hand (the client library refuses to build illegal ones)."""
+    mask = b"\x01\x02\x03\x04"
+    length = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return bytes([first_byte]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (_masked_frame(0x81, b"\xff\xfe{"), 1007),  # text frame with invalid UTF-8
+        (_masked_frame(0x09, b"x"), 1002),  # fragmented ping (FIN bit clear)
+        (_masked_frame(0x89, b"x" * 126), 1002),  # ping payload over 125 bytes
+        (_masked_frame(0xC1, b"{}"), 1002),  # reserved bit set without an extension
+    ],
+    ids=["invalid-utf8", "fragmented-ping", "long-ping", "rsv-bit"],
+)
+async def test_protocol_violations_are_closed_by_uvicorn(live: LiveServer, frame: bytes, expected: int) -> None:
+    """A small raw-frame probe standing in for Autobahn: uvicorn's websockets-sansio closes with the RFC code."""
+    async with open_ws(live, token_for(live.settings)) as ws:
+        await recv_type(ws, "connected")
+        ws.transport.write(frame)
+        code, _ = await close_code(ws)
+    assert code == expected

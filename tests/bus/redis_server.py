@@ -30,6 +30,14 @@ class RedisServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def restart(self) -> None:
+        """Stop the server (its data is lost: no persistence) and start a fresh one on the same port."""
+        self.stop()
+        self.start()
+
+    def start(self) -> RedisServer:
         self._proc = subprocess.Popen(
             [REDIS_BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self._dir.name, "--protected-mode", "no", "--loglevel", "warning"],
@@ -51,6 +59,10 @@ class RedisServer:
         raise RuntimeError("redis-server did not start within 10 s")
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
             try:
@@ -58,7 +70,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(5)
-        self._dir.cleanup()
+            self._proc = None
 
     def flushall(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:

@@ -102,3 +102,34 @@ async def test_unreachable_redis_fails_fast_at_start() -> None:
     with pytest.raises(Exception):
         await bus.start()
     await bus.stop()
+
+
+async def test_reader_survives_a_redis_restart() -> None:
+    # A private server: restarting the shared one would disturb other tests.
+    with RedisServer() as server:
+        node = await _started(server.url)
+        received: list[Event] = []
+        arrived = asyncio.Event()
+
+        def listener(event: Event) -> None:
+            received.append(event)
+            arrived.set()
+
+        node.listen(listener)
+        try:
+            before = await node.publish("apollo", "x", {})
+            await asyncio.wait_for(arrived.wait(), 5)
+            server.restart()  # all data lost: the project gets a new epoch
+            arrived.clear()
+            async with asyncio.timeout(10):
+                while True:  # the pool reconnects; the first commands may still hit the dead connection
+                    try:
+                        after = await node.publish("apollo", "x", {})
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.05)
+            await asyncio.wait_for(arrived.wait(), 5)
+            assert received[-1].frame == after.frame
+            assert after.epoch != before.epoch and after.seq == 1
+        finally:
+            await node.stop()

@@ -234,8 +234,13 @@ class _Connection:
                 )
             )
             return
+        try:
+            await hub.subscribe(outbox, project_id, command.since)
+        except Exception:  # the bus is unreachable (e.g. Redis down): say so, keep the connection
+            _log.exception("subscribe failed")
+            outbox.push(frames.error("unavailable", "event bus unavailable; retry the subscribe later", projectId=project_id))
+            return
         session.subscriptions.add(project_id)
-        await hub.subscribe(outbox, project_id, command.since)
 
     async def _is_member(self, project_id: str) -> bool:
         try:

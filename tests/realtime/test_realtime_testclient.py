@@ -59,3 +59,20 @@ def test_drain_makes_healthz_503_and_closes_clients_1012(client: TestClient) -> 
             ws.receive_json()
         assert closed.value.code == 1012
     assert client.get("/healthz").status_code == 503
+
+
+def test_subscribe_while_the_bus_is_down_answers_unavailable() -> None:
+    from backend.bus.memory import MemoryBus
+
+    class DownBus(MemoryBus):
+        async def position(self, project_id: str) -> tuple[str, int]:
+            raise ConnectionError("bus down")
+
+    app = create_app(SETTINGS, store=FakeStore(), bus=DownBus(SETTINGS))
+    with TestClient(app) as client, client.websocket_connect(SETTINGS.ws_path + "?token=" + token_for(SETTINGS)) as ws:
+        ws.receive_json()
+        ws.send_json({"action": "subscribe", "projectId": "apollo"})
+        reply = ws.receive_json()
+        assert (reply["error"], reply["projectId"]) == ("unavailable", "apollo")
+        ws.send_json({"action": "ping"})
+        assert ws.receive_json() == {"type": "pong"}

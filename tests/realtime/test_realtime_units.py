@@ -266,3 +266,19 @@ async def test_resubscribe_with_since_reports_recovery_without_replaying() -> No
     assert messages[2]["recovered"] is True and messages[2]["replayed"] == 0 and messages[2]["seq"] == 2
     assert messages[3]["recovered"] is False
     assert hub.subscriber_count("apollo") == 1
+
+
+class BrokenBus(MemoryBus):
+    async def position(self, project_id: str) -> tuple[str, int]:
+        raise ConnectionError("bus down")
+
+
+async def test_failed_subscribe_leaves_no_subscription() -> None:
+    hub = _hub(BrokenBus(make_settings()))
+    await hub.start()
+    outbox = hub.connect("c", "alice")
+    with pytest.raises(ConnectionError):
+        await hub.subscribe(outbox, "apollo", None)
+    assert hub.subscriber_count("apollo") == 0
+    assert hub.metrics.registry.get_sample_value("websocket_active_subscriptions") == 0
+    assert len(outbox) == 0

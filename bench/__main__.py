@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N and few runs (a minute or two)")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="fan-out N list, e.g. 1000,5000")
     parser.add_argument("--workers", type=int, help="fan-out load-generator processes")
+    parser.add_argument("--kinds", type=lambda s: s.split(","), help="fan-out servers: bare,app[,app-redis]")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and clients to CPU 1")
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
     parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.sizes = args.sizes
         if args.workers:
             cfg.workers = args.workers
+        if args.kinds:
+            cfg.kinds = args.kinds
         run_fanout(cfg)
     if cmd in ("all", "storm"):
         from bench.storm import StormConfig, run_storm
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                             sizes=[200] if args.quick else [1000], workers=2 if args.quick else 4)
         if args.sizes:
             pcfg.sizes = args.sizes
+        if args.kinds:
+            pcfg.kinds = args.kinds
         run_fanout(pcfg)
 
     report.write(out_dir, docs=not args.quick)

@@ -242,3 +242,25 @@ def write_json(path: Path, data: object) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+class Redis:
+    """A private redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        self.child = Child(["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
+                            "--appendonly", "no", "--dir", str(tmp), "--protected-mode", "yes"],
+                           log=RAW / f"redis-{self.port}.log")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.child.stop()

@@ -31,7 +31,8 @@ import numpy as np
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.env import HOST, PYTHON, RAW, RESULTS, ROOT, Child, free_port, machine_info, print_header, wait_http, write_json
+from bench.env import (HOST, PYTHON, RAW, RESULTS, ROOT, Child, Redis, free_port, machine_info, print_header,
+                       wait_http, write_json)
 
 QUANTILES = [0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100]
 
@@ -233,15 +234,20 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path) -> dict[str, 
     env = server_env(tmp / f"{kind}-{n}")
     Path(env["DASHBOARD_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
     log = RAW / f"server-{cfg.tag}-{kind}-{n}.log"
+    redis = None
+    if kind == "app-redis":  # our server with the Redis bus: publish goes through Redis Streams and back
+        redis = Redis(tmp)
+        env["DASHBOARD_BUS_URL"] = redis.url
     server_cpus = {0} if cfg.pin else None
     gen_cpus = {1} if cfg.pin and (os.cpu_count() or 1) > 1 else None
-    child = Child([PYTHON, "-m", "bench.server", "--kind", kind, "--port", str(port)], env=env, log=log,
+    server_kind = "bare" if kind == "bare" else "app"
+    child = Child([PYTHON, "-m", "bench.server", "--kind", server_kind, "--port", str(port)], env=env, log=log,
                   cpus=server_cpus)
     gens: list[LoadGenProc] = []
     result: dict[str, Any] = {"n": n, "kind": kind, "port": port}
     try:
         wait_http(f"{base}/bench/ready", 60, child)
-        token = login(base) if kind == "app" else "x" * 160
+        token = login(base) if server_kind == "app" else "x" * 160
         protocols = ["dashboard.v1", f"bearer.{token}"]
         url = f"ws://{HOST}:{port}/ws/status-updates"
         origin = base
@@ -269,7 +275,7 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path) -> dict[str, 
             rss_idle = proc.memory_info().rss
             if cfg.profile:
                 result["tracemalloc"] = await _control(
-                    control, cmd="tracemalloc", path=str(RESULTS / f"profile-memory-{kind}-{n}.txt"), per=n_open)
+                    control, cmd="tracemalloc", path=str((RESULTS / cfg.out).parent / f"profile-memory-{kind}-{n}.txt"), per=n_open)
                 await _control(control, cmd="profile", action="start")
             result.update({
                 "connected": n_open, "connect_errors": errors, "connect_s": connect_s,
@@ -295,12 +301,14 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path) -> dict[str, 
             result.update({"steps": steps, "burst": burst, "rss_after_mb": proc.memory_info().rss / 2**20})
             if cfg.profile:
                 result["pyinstrument"] = await _control(
-                    control, cmd="profile", action="stop", path=str(RESULTS / f"profile-cpu-{kind}-{n}.txt"))
+                    control, cmd="profile", action="stop", path=str((RESULTS / cfg.out).parent / f"profile-cpu-{kind}-{n}.txt"))
             print(f"   [{kind} N={n}] RSS base {result['rss_base_mb']:.1f} MB idle {result['rss_idle_mb']:.1f} MB "
                   f"-> {result['rss_per_conn_kb']:.1f} KB/conn", flush=True)
     finally:
         await asyncio.gather(*(g.stop() for g in gens), return_exceptions=True)
         child.stop()
+        if redis:
+            redis.stop()
     return result
 
 

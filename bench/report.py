@@ -14,6 +14,7 @@ from typing import Any
 from bench.env import RESULTS, ROOT
 
 DOC = ROOT / "docs" / "performance.md"
+COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green"}
 BEGIN = "<!-- BEGIN GENERATED (python -m bench report) -->"
 END = "<!-- END GENERATED -->"
 
@@ -67,8 +68,8 @@ def fanout_md(data: dict[str, Any], img: str) -> list[str]:
                + f"; fixed-rate steps of {s['step_s']:g} s, then a burst of back-to-back events; "
                f"every client subscribed to one project; event frame ≈ 430 B.")
     out.append("")
-    out.append("| N | server | step | offered del/s | achieved del/s | p50 ms | p90 ms | p99 ms | max ms | lost | server CPU µs/delivery |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| N | server | step | offered del/s | achieved del/s | p50 ms | p90 ms | p99 ms | max ms | lost | closed (code × n) | server CPU µs/delivery |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in data["runs"]:
         if "steps" not in r:
             continue
@@ -78,6 +79,7 @@ def fanout_md(data: dict[str, Any], img: str) -> list[str]:
             out.append(f"| {r['n']} | {r['kind']} | {label} | {_f(st['offered_deliveries_per_s'], 0)} | "
                        f"{_f(st['deliveries_per_s'], 0)} | {_f(lat.get('p50_ms'))} | {_f(lat.get('p90_ms'))} | "
                        f"{_f(lat.get('p99_ms'))} | {_f(lat.get('p100_ms'))} | {st['lost']} | "
+                       f"{', '.join(f'{k} × {v}' for k, v in st['closed'].items()) or '–'} | "
                        f"{_f(st['server_cpu_us_per_delivery'])} |")
     out.append("")
     out.append("| N | throughput app / bare (burst) | target ≥ 0.9 | p99 app / bare (step) | target ≤ 1.2 | lost app / bare |")
@@ -125,7 +127,7 @@ def plot_fanout(data: dict[str, Any], d: Path) -> None:
             if r["n"] != n or "steps" not in r:
                 continue
             xs = [st["offered_deliveries_per_s"] for st in r["steps"]]
-            color = "tab:blue" if r["kind"] == "app" else "tab:gray"
+            color = COLORS.get(r["kind"], "tab:orange")
             ax.plot(xs, [st["latency"].get("p50_ms") for st in r["steps"]], "o--", color=color, label=f"{r['kind']} p50")
             ax.plot(xs, [st["latency"].get("p99_ms") for st in r["steps"]], "s-", color=color, label=f"{r['kind']} p99")
         ax.set_title(f"N = {n} subscribers")
@@ -144,12 +146,12 @@ def plot_fanout(data: dict[str, Any], d: Path) -> None:
         if "rss_per_conn_kb" in r:
             labels.append(f"{r['kind']}\nN={r['n']}")
             mem.append(r["rss_per_conn_kb"])
-            colors.append("tab:blue" if r["kind"] == "app" else "tab:gray")
+            colors.append(COLORS.get(r["kind"], "tab:orange"))
     ax1.bar(labels, mem, color=colors)
     ax1.axhline(32, color="tab:red", linestyle=":", label="32 KB target")
     ax1.set_ylabel("server RSS per connection (KB)")
     ax1.legend()
-    tp = [(f"{r['kind']}\nN={r['n']}", r["burst"]["deliveries_per_s"] or 0, "tab:blue" if r["kind"] == "app" else "tab:gray")
+    tp = [(f"{r['kind']}\nN={r['n']}", r["burst"]["deliveries_per_s"] or 0, COLORS.get(r["kind"], "tab:orange"))
           for r in data["runs"] if "burst" in r]
     ax2.bar([t[0] for t in tp], [t[1] for t in tp], color=[t[2] for t in tp])
     ax2.set_ylabel("burst deliveries / s")

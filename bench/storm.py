@@ -31,7 +31,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from bench.env import HOST, PYTHON, RAW, RESULTS, ROOT, Child, free_port, machine_info, print_header, wait_http, write_json
+from bench.env import (HOST, PYTHON, RAW, RESULTS, ROOT, Child, Redis, free_port, machine_info, print_header,
+                       wait_http, write_json)
 from bench.fanout import login, server_env
 
 BIN_S = 0.1
@@ -87,30 +88,6 @@ class WorkerProc:
                 self.proc.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), 10)
-
-
-class Redis:
-    """A private redis-server on a free loopback port, no persistence."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://{HOST}:{self.port}/0"
-        self.child = Child(["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
-                            "--appendonly", "no", "--dir", str(tmp), "--protected-mode", "yes"],
-                           log=RAW / f"redis-{self.port}.log")
-        deadline = time.monotonic() + 10
-        import socket
-
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.child.stop()
 
 
 def _get_json(url: str) -> Any:

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 REDIS_BINARY = shutil.which("redis-server")
 SKIP_REASON = "redis-server binary not found (install it with `make browser` or apt-get install redis-server)"

@@ -3,7 +3,6 @@ driven by the `websockets` client: handshake, authentication, subscriptions, lim
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime_harness import FakeStore, LiveServer, make_settings
+from realtime_harness import LiveServer, make_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bus"))
 from redis_server import REDIS_BINARY, SKIP_REASON, RedisServer  # noqa: E402
@@ -29,7 +29,7 @@ def live() -> Iterator[LiveServer]:
         rate_limit_burst=40,
         allowed_origins=("https://dash.example.com",),
     )
-    with LiveServer(settings, FakeStore()) as server:
+    with LiveServer(settings) as server:
         yield server
 
 

@@ -1,6 +1,7 @@
-"""Helpers for the real-time tests: settings with scaled-down timings, a fake store, tokens, an in-process
-uvicorn server (`LiveServer`, real sockets, same uvicorn options as `dashboard serve`) and small
-`websockets` client helpers with timeouts.
+"""Helpers for the real-time tests: settings with scaled-down timings, the real SQLite store with the demo data
+(`demo_store`, `set_members`), a fake store for the sans-I/O units, tokens, an in-process uvicorn server
+(`LiveServer`, real sockets, same uvicorn options as `dashboard serve`) and small `websockets` client helpers
+with timeouts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from backend.app import create_app
 from backend.auth import issue_token
 from backend.bus import EventBus
 from backend.cli import DashboardServer, uvicorn_config
+from backend.demo import seed_if_empty
 from backend.settings import Settings
+from backend.storage import Store
 
 SECRET = "test-secret-" + "x" * 40
 MEMBERS = {"alice": {"apollo", "borealis"}, "bob": {"cassini"}}
@@ -33,8 +36,30 @@ def make_settings(**overrides: Any) -> Settings:
     return base.with_overrides(**overrides)
 
 
+def demo_store() -> Store:
+    """A fresh in-memory `Store` with the demo data: alice ∈ {apollo, borealis}, bob ∈ {cassini}."""
+    store = Store(":memory:")
+    store.open()
+    seed_if_empty(store)
+    return store
+
+
+def set_members(store: Store, user_id: str, projects: set[str]) -> None:
+    """Make `user_id` (created if needed) a member of exactly `projects` (created if needed)."""
+    if not store.has_user(user_id):
+        store.add_user(user_id, user_id.title(), password_hash="scrypt$00$00")  # cannot log in; tokens are issued directly
+    for project_id in projects:
+        if store.get_project(project_id) is None:
+            store.add_project(project_id, project_id.title())
+    current = set(store.project_ids_for(user_id))
+    for project_id in current - projects:
+        store.remove_member(user_id, project_id)
+    for project_id in projects - current:
+        store.add_member(user_id, project_id)
+
+
 class FakeStore:
-    """Stands in for `backend.storage.Store` where only membership matters."""
+    """Stands in for `backend.storage.Store` in the sans-I/O unit tests, where only membership matters."""
 
     def __init__(self, members: dict[str, set[str]] | None = None) -> None:
         self.members = {user: set(projects) for user, projects in (members or MEMBERS).items()}
@@ -65,11 +90,12 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn (`DashboardServer`) serving `create_app(settings)` in a background thread."""
+    """A real uvicorn (`DashboardServer`) serving `create_app(settings)` in a background thread,
+    on the real store with the demo data unless `store` is given."""
 
     def __init__(self, settings: Settings, store: Any | None = None, bus: EventBus | None = None) -> None:
         self.settings = settings
-        self.store = store if store is not None else FakeStore()
+        self.store = store if store is not None else demo_store()
         self.app = create_app(settings, bus=bus, store=self.store)
         self.port = free_port()
         self.server = DashboardServer(uvicorn_config(self.app, settings, "127.0.0.1", self.port))
@@ -104,6 +130,7 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(20)
         assert not self._thread.is_alive(), "uvicorn did not stop"
+        self.store.close()
 
     def sigterm(self) -> None:
         """What uvicorn does on SIGTERM (signal handlers only exist in the main thread)."""

@@ -17,6 +17,7 @@ from realtime_harness import (
     recv,
     recv_type,
     send,
+    set_members,
     subscribe,
     token_for,
 )
@@ -94,7 +95,7 @@ async def test_origin_check(live: LiveServer, origin: str | None, allowed: bool)
 
 
 async def test_connection_cap_per_user_closes_4409(live: LiveServer) -> None:
-    live.store.members["carol"] = {"apollo"}
+    set_members(live.store, "carol", {"apollo"})
     token = token_for(live.settings, "carol")
     cap = live.settings.max_connections_per_user
     sockets = [await open_ws(live, token) for _ in range(cap)]
@@ -151,14 +152,14 @@ async def test_forbidden_project_never_delivers(live: LiveServer) -> None:
 
 
 async def test_membership_is_checked_on_every_subscribe(live: LiveServer) -> None:
-    live.store.members["dave"] = {"apollo"}
+    set_members(live.store, "dave", {"apollo"})
     async with open_ws(live, token_for(live.settings, "dave")) as ws:
         await recv_type(ws, "connected")
         await subscribe(ws, "apollo")
-        live.store.members["dave"] = set()  # membership revoked
+        set_members(live.store, "dave", set())  # membership revoked
         [reply] = await subscribe(ws, "apollo")
         assert reply["error"] == "forbidden"
-        live.store.members["dave"] = {"borealis"}
+        set_members(live.store, "dave", {"borealis"})
         await subscribe(ws, "borealis")
         await live.publish("apollo")
         await live.publish("borealis")
@@ -240,7 +241,7 @@ async def test_rate_limit_closes_4429(live: LiveServer) -> None:
 
 async def test_too_many_subscriptions(live: LiveServer) -> None:
     limit = live.settings.max_subscriptions
-    live.store.members["erin"] = {f"p{i}" for i in range(limit + 1)}
+    set_members(live.store, "erin", {f"p{i}" for i in range(limit + 1)})
     async with open_ws(live, token_for(live.settings, "erin"), max_queue=None) as ws:
         await recv_type(ws, "connected")
         for i in range(limit):

@@ -9,7 +9,6 @@ import pytest
 
 from realtime_harness import (
     TIMEOUT,
-    FakeStore,
     LiveServer,
     close_code,
     make_settings,
@@ -200,7 +199,7 @@ async def test_resume_after_server_restart_with_memory_bus_is_not_recovered() ->
 
 async def test_fan_out_to_many_clients_keeps_order() -> None:
     settings = make_settings(max_connections_per_user=0)
-    with LiveServer(settings, FakeStore()) as live:
+    with LiveServer(settings) as live:
         token = token_for(settings)
         clients = [await open_ws(live, token).__aenter__() for _ in range(20)]
         try:

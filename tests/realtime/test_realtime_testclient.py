@@ -9,15 +9,17 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from backend.app import create_app
-from realtime_harness import FakeStore, make_settings, token_for
+from realtime_harness import demo_store, make_settings, token_for
 
 SETTINGS = make_settings()
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(SETTINGS, store=FakeStore())) as test_client:
+    store = demo_store()
+    with TestClient(create_app(SETTINGS, store=store)) as test_client:
         yield test_client
+    store.close()
 
 
 def test_connect_subscribe_and_receive(client: TestClient) -> None:
@@ -68,7 +70,8 @@ def test_subscribe_while_the_bus_is_down_answers_unavailable() -> None:
         async def position(self, project_id: str) -> tuple[str, int]:
             raise ConnectionError("bus down")
 
-    app = create_app(SETTINGS, store=FakeStore(), bus=DownBus(SETTINGS))
+    store = demo_store()
+    app = create_app(SETTINGS, store=store, bus=DownBus(SETTINGS))
     with TestClient(app) as client, client.websocket_connect(SETTINGS.ws_path + "?token=" + token_for(SETTINGS)) as ws:
         ws.receive_json()
         ws.send_json({"action": "subscribe", "projectId": "apollo"})
@@ -76,3 +79,4 @@ def test_subscribe_while_the_bus_is_down_answers_unavailable() -> None:
         assert (reply["error"], reply["projectId"]) == ("unavailable", "apollo")
         ws.send_json({"action": "ping"})
         assert ws.receive_json() == {"type": "pong"}
+    store.close()

@@ -196,6 +196,7 @@ class RedisBus:
                         log_event("bus.redis.bad_entry", logging.ERROR, entry_id=entry_id)
                         continue
                     await self._deliver(event)
+                    await asyncio.sleep(0)  # let the connection writers drain between events of a big batch
 
     async def _deliver(self, event: Event) -> None:
         """Dispatch in per-project order, once; fill a gap from the history if the reader fell behind."""

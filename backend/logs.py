@@ -12,7 +12,7 @@ import time
 
 LOGGER_NAME = "dashboard"
 _TOKEN_PATTERNS = (
-    re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE),
+    re.compile(r"(token=)[^&\s\"'\\]+", re.IGNORECASE),
     re.compile(r"(bearer[ .])[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+", re.IGNORECASE),
     re.compile(r"()eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"),
 )

@@ -27,8 +27,9 @@ def ws_logs(lines, event):
 
 
 @pytest.mark.server_env(DASHBOARD_RECONNECT_MAX_ATTEMPTS="30")
-def test_sigkill_then_restart_on_same_port_goes_live_and_resubscribes(page, server, api):
-    login_live(page, server)
+@pytest.mark.parametrize("query", ["", "?runtime=pyodide"], ids=["micropython", "pyodide"])
+def test_sigkill_then_restart_on_same_port_goes_live_and_resubscribes(page, server, api, query):
+    login_live(page, server, query=query)
     server.kill()
     expect(status(page)).to_have_attribute("data-state", "reconnecting")
     expect(status(page)).to_have_attribute("data-close-code", "1006")

@@ -72,6 +72,7 @@ class BrowserAdapter:
         self._listeners = []
         self._disposed = False
         self._pumping = False
+        self._graveyard = []  # proxies of closed sockets, released outside their own call
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -84,11 +85,11 @@ class BrowserAdapter:
     def start(self):
         """Start the runtime with the current visibility and network state, then pump."""
         now = now_ms()
-        self.rt.start(now)
         if not bool(js.navigator.onLine):
             self.rt.network_changed(False, now)
         if text(js.document.visibilityState) == "hidden":
             self.rt.visibility_changed(False, now)
+        self.rt.start(now)
         self.pump()
 
     def stop(self):
@@ -116,6 +117,7 @@ class BrowserAdapter:
             if not sock.closed:
                 sock.ws.close(1000, "")
         self.sockets = {}
+        self._bury()
 
     # -- pumping ---------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class BrowserAdapter:
         self._timer_deadline = None
         if self._disposed:
             return
+        self._bury()
         self.rt.handle_timer(now_ms())
         self.pump()
 
@@ -211,6 +214,7 @@ class BrowserAdapter:
     def _on_open(self, sock):
         if self._disposed or sock.closed:
             return
+        self._bury()
         self.rt.socket_opened(sock.sid, now_ms())
         self.pump()
 
@@ -236,14 +240,19 @@ class BrowserAdapter:
         self.pump()
 
     def _forget(self, sock):
+        """Detach the handlers now; their proxies are released later (one may be running)."""
         ws = sock.ws
         ws.onopen = None
         ws.onmessage = None
         ws.onclose = None
         ws.onerror = None
-        for p in sock.proxies:
-            release(p)
+        self._graveyard.extend(sock.proxies)
         sock.proxies = []
+
+    def _bury(self):
+        dead, self._graveyard = self._graveyard, []
+        for p in dead:
+            release(p)
 
     # -- fetch -----------------------------------------------------------------------------
 

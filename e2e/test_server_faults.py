@@ -49,7 +49,8 @@ def test_sigterm_restart_hint_is_honoured(page, server, api, console_lines):
     expect(status(page)).to_have_attribute("data-close-code", "1012")
     wait_for_line(page, console_lines, "[WebSocket] fail ")
     hints = ws_logs(console_lines, "restart-hint")
-    assert [hint["delayMs"] for hint in hints] == [3000]
+    # (a retry that lands while the old process still drains may get a second hint)
+    assert hints and all(hint["delayMs"] == 3000 for hint in hints)
     # the first retry after the 1012 close is scheduled inside the hinted window
     retries = [r for r in ws_logs(console_lines, "fail") if r.get("closeCode") == 1012]
     assert retries and 0 <= retries[0]["delayMs"] <= 3000

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small N and few runs (a minute or two)")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="fan-out N list, e.g. 1000,5000")
     parser.add_argument("--workers", type=int, help="fan-out load-generator processes")
+    parser.add_argument("--repeat", type=int, help="fan-out runs per (N, server); medians are compared")
     parser.add_argument("--kinds", type=lambda s: s.split(","), help="fan-out servers: bare,app[,app-redis]")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and clients to CPU 1")
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
@@ -49,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = FanoutConfig(out=prefix + "fanout.json", tag=tag, pin=not args.no_pin)
         if args.quick:
-            cfg.sizes, cfg.workers, cfg.step_s = [200], 2, 2.0
+            cfg.sizes, cfg.workers, cfg.step_s, cfg.idle_s, cfg.repeat = [200], 2, 2.0, 2.0, 1
         if args.sizes:
             cfg.sizes = args.sizes
         if args.workers:
             cfg.workers = args.workers
         if args.kinds:
             cfg.kinds = args.kinds
+        if args.repeat:
+            cfg.repeat = args.repeat
         run_fanout(cfg)
     if cmd in ("all", "storm"):
         from bench.storm import StormConfig, run_storm
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "profile":
         from bench.fanout import FanoutConfig, run_fanout
 
-        pcfg = FanoutConfig(out=prefix + "profile.json", tag=tag + "-profile", profile=True, pin=not args.no_pin,
+        pcfg = FanoutConfig(out=prefix + "profile.json", tag=tag + "-profile", profile=True, pin=not args.no_pin, repeat=1,
                             sizes=[200] if args.quick else [1000], workers=2 if args.quick else 4)
         if args.sizes:
             pcfg.sizes = args.sizes

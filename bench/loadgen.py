@@ -7,7 +7,7 @@ bottleneck. Commands, one JSON object per line, each answered by one JSON line:
   connections (at most `concurrency` handshakes in flight), subscribe each to the project, wait for
   `subscribed`.
 - `{"cmd":"reset","start":N}`: forget latencies; every connection now expects bench events N, N+1, ...
-- `{"cmd":"wait","per_conn":M,"timeout":S}`: until every open connection got M events (or timeout).
+- `{"cmd":"wait","per_conn":M,"wait_s":S}`: until every open connection got M events (or timeout).
 - `{"cmd":"dump","path":...}`: write the latencies (seconds, float64) to `path`; reply with counts.
 - `{"cmd":"close"}`: close everything and exit.
 
@@ -178,7 +178,7 @@ class LoadGen:
             elif cmd == "reset":
                 reply = self.cmd_reset(int(msg.get("start", 1)))
             elif cmd == "wait":
-                reply = await self.cmd_wait(int(msg["per_conn"]), float(msg.get("timeout", 30)))
+                reply = await self.cmd_wait(int(msg["per_conn"]), float(msg.get("wait_s", 30)))
             elif cmd == "dump":
                 reply = self.cmd_dump(str(msg["path"]))
             elif cmd == "close":

@@ -109,6 +109,7 @@ class Profiling:
         text = self.profiler.output_text(unicode=False, color=False, show_all=False)
         Path(path).write_text(text)
         Path(path).with_suffix(".html").write_text(self.profiler.output_html())
+        self.profiler.last_session.save(str(Path(path).with_suffix(".pyisession")))
         self.profiler = None
         return {"written": path}
 

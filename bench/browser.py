@@ -42,7 +42,11 @@ INIT_SCRIPT = """
     localStorage.setItem("dashboard.token", %(token)s);
     localStorage.setItem("dashboard.user", %(user)s);
   } catch (e) {}
-  const bench = window.__bench = {liveAt: null, liveSeenAt: null, storiesAt: null};
+  const bench = window.__bench = {liveAt: null, liveSeenAt: null, storiesAt: null, marks: {}};
+  // PyScript lifecycle events fire on the script element; a capturing listener on window sees them all.
+  for (const name of ["mpy:ready", "mpy:done", "py:ready", "py:done"]) {
+    window.addEventListener(name, () => { if (!(name in bench.marks)) bench.marks[name] = performance.now(); }, true);
+  }
   const check = () => {
     if (bench.liveAt !== null) return;
     const badge = document.querySelector('[data-testid="connection-status"]');
@@ -65,6 +69,7 @@ COLLECT = """
   for (const r of res) { transfer += r.transferSize || 0; decoded += r.decodedBodySize || 0; }
   if (nav) { transfer += nav.transferSize || 0; decoded += nav.decodedBodySize || 0; }
   return {liveAt: window.__bench.liveAt, liveSeenAt: window.__bench.liveSeenAt, storiesAt: window.__bench.storiesAt,
+          marks: window.__bench.marks,
           requests: res.length + 1, transferBytes: transfer, decodedBytes: decoded,
           domContentLoaded: nav ? nav.domContentLoadedEventEnd : null};
 }
@@ -156,7 +161,8 @@ def run_browser(cfg: BrowserConfig) -> dict[str, Any]:
                             sample["page_errors"] = list(errors)
                     samples[name]["cold"].append(cold)
                     samples[name]["warm"].append(warm_sample)
-                    print(f"   [{name} run {run + 1}] cold {_ms(cold)}  warm {_ms(warm_sample)}"
+                    marks = " ".join(f"{k}={v:.0f}" for k, v in sorted((cold.get("marks") or {}).items()))
+                    print(f"   [{name} run {run + 1}] cold {_ms(cold)}  warm {_ms(warm_sample)}  {marks}"
                           f"  ({cold.get('requests', '?')} requests, {cold.get('transferBytes', 0) / 1024:.0f} KiB cold)",
                           flush=True)
                     ctx.close()
@@ -169,6 +175,13 @@ def run_browser(cfg: BrowserConfig) -> dict[str, Any]:
                 results[name][kind] = _stats(ok)
                 results[name][kind]["failures"] = sum(1 for s in samples[name][kind] if s.get("liveAt") is None)
                 results[name][kind]["samples"] = samples[name][kind]
+                for mark in ("ready", "done"):
+                    values = [v for smp in samples[name][kind] for k, v in (smp.get("marks") or {}).items()
+                              if k.endswith(":" + mark)]
+                    results[name][kind][f"interpreter_{mark}_median_ms"] = statistics.median(values) if values else None
+                for key in ("liveSeenAt", "storiesAt"):
+                    values = [smp[key] for smp in samples[name][kind] if smp.get(key) is not None]
+                    results[name][kind][f"{key}_median_ms"] = statistics.median(values) if values else None
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

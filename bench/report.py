@@ -244,8 +244,8 @@ def browser_md(data: dict[str, Any], img: str) -> list[str]:
                "user pre-seeded in `localStorage` by an init script); clock from navigation start to the first DOM "
                "state with `data-state=\"live\"` and the first project's stories rendered.")
     out.append("")
-    out.append("| page | cold median ms [min–max] | warm median ms [min–max] | requests (cold) | transferred KiB (cold) | cold / floor |")
-    out.append("|---|---|---|---|---|---|")
+    out.append("| page | cold median ms [min–max] | warm median ms [min–max] | requests (cold) | transferred KiB (cold) | cold / floor | cold: interpreter ready / main.py done / badge live / stories shown (medians, ms) |")
+    out.append("|---|---|---|---|---|---|---|")
     res = data["results"]
     floor = res.get("js-floor", {}).get("cold", {}).get("median_ms")
     for name, cell in res.items():
@@ -256,7 +256,9 @@ def browser_md(data: dict[str, Any], img: str) -> list[str]:
         fails = (f" ({c['failures']} failed)" if c.get("failures") else "")
         out.append(f"| {name} | {_f(c.get('median_ms'), 0)} [{_f(c.get('min_ms'), 0)}–{_f(c.get('max_ms'), 0)}]{fails} | "
                    f"{_f(w.get('median_ms'), 0)} [{_f(w.get('min_ms'), 0)}–{_f(w.get('max_ms'), 0)}] | {_f(reqs, 0)} | "
-                   f"{_f(kib, 0)} | {_f(c['median_ms'] / floor if floor and c.get('median_ms') else None, 1)} |")
+                   f"{_f(kib, 0)} | {_f(c['median_ms'] / floor if floor and c.get('median_ms') else None, 1)} | "
+                   f"{_f(c.get('interpreter_ready_median_ms'), 0)} / {_f(c.get('interpreter_done_median_ms'), 0)} / "
+                   f"{_f(c.get('liveSeenAt_median_ms'), 0)} / {_f(c.get('storiesAt_median_ms'), 0)} |")
     v = data.get("verdict", {})
     out.append("")
     out.append(f"- MicroPython cold < 600 ms: {_ok(v.get('under_600_ok'))}; within 4× the JS floor: "

@@ -1,0 +1,371 @@
+"""Contract tests: our client core (`client.runtime.Runtime`) against the real server over real sockets.
+
+Each test starts uvicorn in-process (`ContractServer`: the same uvicorn options as `dashboard serve`,
+the real SQLite store with the demo data, the in-process event bus, scaled-down timings from
+`Settings`) and drives the unmodified client core through the headless asyncio adapter of the
+benchmarks (`websockets` client, httpx for REST with `Authorization: Bearer`, one timer re-armed at
+`rt.get_timer()`). Nothing on either side is stubbed; only the network is manipulated (a dial gate,
+an aborted TCP connection, a stopped and restarted server). What this proves, end to end:
+
+1. A real login token gets the client live; `watch` loads the stories over REST; a REST change by
+   another user arrives as an event (not the client's own) and the cached data equals the server's;
+   the client's own optimistic mutation round-trips and its echo is recognised (`own: true`).
+2. Zero-loss resume: after an abrupt drop, 50 events published while the client is away are replayed
+   when it resubscribes with `since` (`recovered: true`, `replayed: 50`); the handler gets exactly
+   those 50, in seq order, once each, and the resume triggers no REST refetch (the 50 events touch
+   an unwatched key, so any fetch would come from the resume itself).
+3. Restart with the in-process bus: `since` names a lost epoch, the server answers `recovered: false`,
+   and the client refetches exactly the watched queries of that project and ends with the server's data.
+4. 4401: an expired token and a token that expires while connected both end in `auth-required`
+   with no further dials over several backoff periods; a fresh token resumes with `since`.
+5. SIGTERM drain: `restart` (`reconnectWithinMs`) + 1012; the client schedules its redial inside the
+   hinted window, dials once, and is live on the restarted server.
+6. Heartbeat: the client answers every server `ping`, so a connection with no other traffic survives
+   many heartbeat intervals; withholding the `pong`s (the control) gets it closed 4000, after which
+   the client backs off and resumes without loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from contract_driver import WAIT_S, ContractClient, ContractServer, quiet_for, wait_until
+from realtime_harness import make_settings, set_members, token_for
+
+from backend.auth import issue_token
+from backend.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+STORIES = ("stories", "apollo")
+PROJECT = ("project", "apollo")
+ESCALATIONS = ("escalations", "apollo")
+PROJECTS = ("projects",)
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Scaled-down timings; heartbeat misses 3 leaves room for a busy machine."""
+    base = {
+        "heartbeat_interval_ms": 300,
+        "heartbeat_misses": 3,
+        "reconnect_base_ms": 100,
+        "reconnect_max_ms": 400,
+        "connect_timeout_ms": 5000,
+        "restart_window_ms": 600,
+    }
+    base.update(overrides)
+    return make_settings(**base)
+
+
+@asynccontextmanager
+async def running(server: ContractServer, token: str, project: str = "apollo") -> AsyncIterator[ContractClient]:
+    """A started client (handler on `project`), stopped and drained on exit."""
+    client = await ContractClient.create(server, token, project)
+    try:
+        client.start()
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def rest(server: ContractServer, token: str, method: str, path: str, **kwargs: Any) -> Any:
+    async with httpx.AsyncClient(base_url=server.http, timeout=WAIT_S, trust_env=False) as http:
+        response = await http.request(method, path, headers={"Authorization": "Bearer " + token, **kwargs.pop("headers", {})}, **kwargs)
+    assert response.is_success, (response.status_code, response.text)
+    return response.json()
+
+
+def status_of(stories: list[dict[str, Any]] | None, story_id: int) -> str | None:
+    for story in stories or ():
+        if story["id"] == story_id:
+            return str(story["status"])
+    return None
+
+
+def other_status(status: str) -> str:
+    return "blocked" if status != "blocked" else "todo"
+
+
+async def until_live(client: ContractClient) -> None:
+    await wait_until(lambda: client.state == "live", "the client to be live", detail=client.summary)
+
+
+async def until_subscribed(client: ContractClient, since_record: int, project: str = "apollo") -> dict[str, Any]:
+    """The first `subscribed` telemetry record for `project` after record index `since_record`."""
+    records = await wait_until(
+        lambda: [r for r in client.logged("subscribed", since_record) if r.get("projectId") == project],
+        f"a subscribed reply for {project}", detail=client.summary,
+    )
+    return records[0]
+
+
+def subscribes_sent(client: ContractClient, since_command: int) -> list[dict[str, Any]]:
+    return [json_of(c) for _, c in client.commands[since_command:] if c[0] == "send" and '"subscribe"' in c[2]]
+
+
+def json_of(command: tuple[Any, ...]) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(command[2])
+    return value
+
+
+# -- 1 ------------------------------------------------------------------------------------------------
+
+
+async def test_live_rest_load_then_a_change_by_another_client_arrives_and_updates_the_cache(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        set_members(server.store, "carol", {"apollo"})
+        alice, carol = token_for(settings, "alice"), token_for(settings, "carol")
+        async with running(server, alice) as client:
+            await until_live(client)
+            [(_, dial)] = client.opens()
+            assert dial[2] == server.url and alice not in dial[2]  # the token never goes into the URL
+            assert dial[3] == ["dashboard.v1", "bearer." + alice]
+            first = await until_subscribed(client, 0)
+            assert first["recovered"] is None  # first subscribe: no `since` yet
+
+            client.watch(STORIES)
+            await wait_until(lambda: client.settled(STORIES), "the stories query to load", detail=client.summary)
+            assert client.fetches() == ["/api/projects/apollo/stories"]
+            truth = await rest(server, alice, "GET", "/api/projects/apollo/stories")
+            assert client.entry(STORIES).data == truth
+
+            # another user changes a story over REST: an event, not our echo, and the cache follows
+            story = truth[0]
+            target = other_status(story["status"])
+            await rest(server, carol, "PATCH", f"/api/stories/{story['id']}", json={"status": target},
+                       headers={"X-Client-Mutation-Id": "carol-1"})
+            changed = await wait_until(
+                lambda: [e for e in client.events if e["eventType"] == "story.status.changed"], "the change event")
+            assert changed[0]["own"] is False
+            assert changed[0]["data"]["storyId"] == story["id"] and changed[0]["data"]["to"] == target
+            assert changed[0]["data"]["clientMutationId"] == "carol-1"
+            await wait_until(lambda: client.settled(STORIES) and status_of(client.entry(STORIES).data, story["id"]) == target,
+                             "the cached story to show the change", detail=client.summary)
+            assert client.entry(STORIES).data == await rest(server, alice, "GET", "/api/projects/apollo/stories")
+
+            # our own mutation: optimistic at once, then the server's echo is recognised as ours
+            mine = truth[1]
+            mine_target = other_status(mine["status"])
+            settled: list[dict[str, Any]] = []
+            client.rt.on_mutation(settled.append)
+            echoes = len([e for e in client.events if e.get("own")])
+            client.input(client.rt.move_story, "apollo", mine["id"], mine_target)
+            assert status_of(client.entry(STORIES).data, mine["id"]) == mine_target  # overlay, before any answer
+            await wait_until(lambda: settled and [e for e in client.events if e.get("own")][echoes:], "answer and echo")
+            assert settled[0]["ok"] is True and settled[0]["status"] == 200
+            assert client.rt.stats["echoes"] == 1
+            await wait_until(lambda: client.settled(STORIES), "the stories to settle", detail=client.summary)
+            assert client.entry(STORIES).data == await rest(server, alice, "GET", "/api/projects/apollo/stories")
+            assert client.rt.stats["drops"] == 0 and client.rt.stats["duplicates"] == 0
+
+
+# -- 2 ------------------------------------------------------------------------------------------------
+
+
+async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without_refetch(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, token_for(settings, "alice")) as client:
+            await until_live(client)
+            for key in (STORIES, PROJECT, PROJECTS):
+                client.watch(key)
+            await until_subscribed(client, 0)
+            await server.publish_many("apollo", 2, "escalation.created")
+            await wait_until(lambda: len(client.events) == 2, "two live events")
+            await wait_until(lambda: client.settled(STORIES, PROJECT, PROJECTS), "the watched queries", detail=client.summary)
+            epoch, seq = client.events[-1]["epoch"], client.events[-1]["seq"]
+            fetches_before = len(client.fetches())
+
+            client.hold_dials()
+            mark_cmd, mark_rec, seen = len(client.commands), len(client.records), len(client.events)
+            client.drop()
+            await wait_until(lambda: client.state == "reconnecting", "the client to notice the drop", detail=client.summary)
+            await wait_until(lambda: server.app.state.hub.connection_count == 0, "the server to notice the drop")
+            published = await server.publish_many("apollo", 50, "escalation.created")
+            assert [e.seq for e in published] == list(range(seq + 1, seq + 51))
+            await wait_until(lambda: client.opens()[1:], "the client to redial by itself", detail=client.summary)
+            client.release_dials()
+
+            reply = await until_subscribed(client, mark_rec)
+            assert (reply["recovered"], reply["replayed"], reply["seq"]) == (True, 50, seq + 50)
+            assert subscribes_sent(client, mark_cmd) == [
+                {"action": "subscribe", "projectId": "apollo", "since": {"epoch": epoch, "seq": seq}}]
+            replayed = client.events[seen:]
+            assert [e["seq"] for e in replayed] == list(range(seq + 1, seq + 51))
+            assert [e["data"]["n"] for e in replayed] == list(range(50))
+            assert {e["epoch"] for e in replayed} == {epoch}
+            stats = client.rt.stats
+            assert (stats["reconnects"], stats["recovered"], stats["unrecovered"]) == (1, 1, 0)
+            assert (stats["duplicates"], stats["gaps"], stats["epochChanges"]) == (0, 0, 0)
+            # nothing was invalidated by the resume: no stale entry, no refetch scheduled, no fetch sent
+            assert client.settled(STORIES, PROJECT, PROJECTS)
+            assert client.fetches(mark_cmd) == [] and len(client.fetches()) == fetches_before
+
+            await server.publish("apollo", "escalation.created", {"n": 50})
+            await wait_until(lambda: len(client.events) == seen + 51, "the next live event")
+            assert client.events[-1]["seq"] == seq + 51 and client.rt.stats["duplicates"] == 0
+
+
+# -- 3 ------------------------------------------------------------------------------------------------
+
+
+async def test_restart_with_in_process_bus_is_not_recovered_and_refetches_that_projects_watched_queries(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    db = tmp_path / "db.sqlite"
+    first = ContractServer(settings, db).start()
+    second: ContractServer | None = None
+    try:
+        set_members(first.store, "carol", {"apollo"})
+        alice, carol = token_for(settings, "alice"), token_for(settings, "carol")
+        async with running(first, alice) as client:
+            await until_live(client)
+            client.watch(STORIES)
+            client.watch(PROJECT)
+            unwatch = client.watch(ESCALATIONS)
+            await wait_until(lambda: client.settled(STORIES, PROJECT, ESCALATIONS), "the queries", detail=client.summary)
+            unwatch()  # stays cached, no longer watched: must not be refetched
+            stories = client.entry(STORIES).data
+            await rest(first, carol, "PATCH", f"/api/stories/{stories[0]['id']}", json={"status": other_status(stories[0]["status"])})
+            await wait_until(lambda: len(client.events) == 2, "story.status.changed + project.updated")
+            await wait_until(lambda: client.settled(STORIES, PROJECT), "the refetch after the events", detail=client.summary)
+            epoch, seq = client.events[-1]["epoch"], client.events[-1]["seq"]
+
+            client.hold_dials()
+            mark_cmd, mark_rec = len(client.commands), len(client.records)
+            port = first.port
+            first.stop()
+            await wait_until(lambda: client.state == "reconnecting", "the client to notice the restart", detail=client.summary)
+            second = ContractServer(settings, db, port=port).start()
+            moved = stories[1]
+            target = other_status(moved["status"])
+            await rest(second, carol, "PATCH", f"/api/stories/{moved['id']}", json={"status": target})  # while the client is away
+            client.release_dials()
+
+            reply = await until_subscribed(client, mark_rec)
+            assert reply["recovered"] is False
+            assert subscribes_sent(client, mark_cmd)[0]["since"] == {"epoch": epoch, "seq": seq}
+            assert client.rt.subscriptions.get("apollo").epoch != epoch  # the new server's epoch
+            await wait_until(lambda: client.settled(STORIES, PROJECT), "the refetch", detail=client.summary)
+            assert sorted(client.fetches(mark_cmd)) == ["/api/projects/apollo", "/api/projects/apollo/stories"]
+            assert client.entry(ESCALATIONS).stale  # invalidated, but unwatched: left for the next watch
+            assert client.rt.stats["unrecovered"] == 1
+            assert status_of(client.entry(STORIES).data, moved["id"]) == target
+            assert client.entry(STORIES).data == await rest(second, alice, "GET", "/api/projects/apollo/stories")
+            assert client.entry(PROJECT).data == await rest(second, alice, "GET", "/api/projects/apollo")
+    finally:
+        if first._thread.is_alive():
+            first.stop()
+        if second is not None:
+            second.stop()
+
+
+# -- 4 ------------------------------------------------------------------------------------------------
+
+
+async def test_expired_token_means_auth_required_and_no_more_dials(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    expired = issue_token(settings, "alice", ttl_s=-30)[0]
+    short = issue_token(settings, "alice", ttl_s=2)[0]  # valid for 1-2 s from now
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, expired) as refused, running(server, short) as expiring:
+            await until_live(expiring)
+            await until_subscribed(expiring, 0)
+            for client in (refused, expiring):
+                await wait_until(lambda c=client: c.state == "auth-required", "auth-required", detail=client.summary)
+                assert client.rt.status["closeCode"] == 4401
+                assert len(client.opens()) == 1
+            assert [r["reason"] for r in refused.logged("server-error")] == ["Authentication failed: token expired"]
+            assert refused.rt.stats["connects"] == 0 and expiring.rt.stats["connects"] == 1
+            await quiet_for(lambda: len(refused.opens()) > 1 or len(expiring.opens()) > 1,
+                            3 * settings.reconnect_max_ms / 1000, "a dial while auth-required")
+            assert refused.rt.get_timer() is None and expiring.rt.get_timer() is None
+
+            # a fresh token (what a new login gives) and a retry: live again, resuming with `since`
+            mark_rec = len(expiring.records)
+            expiring.token = token_for(settings, "alice")
+            expiring.input(expiring.rt.retry_now)
+            await until_live(expiring)
+            reply = await until_subscribed(expiring, mark_rec)
+            assert reply["recovered"] is True and reply["replayed"] == 0
+
+
+# -- 5 ------------------------------------------------------------------------------------------------
+
+
+async def test_sigterm_drain_sends_restart_and_1012_and_the_client_redials_inside_the_window(tmp_path: Path) -> None:
+    # a window below the backoff floor (250 ms): a delay inside it can only come from the restart policy
+    settings = settings_for_tests(restart_window_ms=200)
+    db = tmp_path / "db.sqlite"
+    first = ContractServer(settings, db).start()
+    second: ContractServer | None = None
+    try:
+        async with running(first, token_for(settings, "alice")) as client:
+            await until_live(client)
+            await until_subscribed(client, 0)
+            client.hold_dials()
+            mark_rec, dials = len(client.records), len(client.opens())
+            first.sigterm()  # what uvicorn does on SIGTERM: DashboardServer drains the hub first
+            await wait_until(lambda: client.logged("fail", mark_rec), "the drain to close the socket", detail=client.summary)
+            [hint] = client.logged("restart-hint", mark_rec)
+            assert hint["delayMs"] == settings.restart_window_ms
+            [fail] = client.logged("fail", mark_rec)
+            assert fail["closeCode"] == 1012 and fail["from"] == "live"
+            assert 0 <= fail["delayMs"] <= settings.restart_window_ms
+
+            port = first.port
+            first.stop()
+            second = ContractServer(settings, db, port=port).start()
+            client.release_dials()
+            await until_live(client)
+            [dial] = client.logged("dial", mark_rec)
+            assert dial["at"] >= fail["at"] + fail["delayMs"]  # not before the scheduled moment
+            assert len(client.opens()) == dials + 1  # one dial, no failures in between
+            assert client.rt.stats["reconnects"] == 1 and client.rt.stats["failedAttempts"] == 0
+            await until_subscribed(client, mark_rec)
+            hellos = [m for m in client.sent() if m.get("action") == "hello"]
+            assert len(hellos) == 1 and hellos[0]["reconnectAttempts"] == 1
+    finally:
+        if first._thread.is_alive():
+            first.stop()
+        if second is not None:
+            second.stop()
+
+
+# -- 6 ------------------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_pings_are_answered_so_an_idle_connection_survives(tmp_path: Path) -> None:
+    settings = settings_for_tests(heartbeat_interval_ms=200, heartbeat_misses=3)
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, token_for(settings, "alice")) as client:
+            await until_live(client)
+            await until_subscribed(client, 0)
+            mark_cmd = len(client.commands)
+
+            def sent_since_mark() -> list[dict[str, Any]]:
+                return [json_of(c) for _, c in client.commands[mark_cmd:] if c[0] == "send"]
+
+            # 8 answered pings span 8 intervals: well past the server's 3-interval and the client's own deadline
+            await wait_until(lambda: len(sent_since_mark()) >= 8, "eight pings answered", detail=client.summary)
+            assert all(m == {"action": "pong"} for m in sent_since_mark())  # no other client traffic
+            assert client.state == "live" and client.rt.stats["drops"] == 0 and client.rt.stats["connects"] == 1
+            assert server.metric("websocket_heartbeat_failures_total") == 0
+            assert server.app.state.hub.connection_count == 1
+
+            # control: the same client with its pongs withheld is closed 4000 and then resumes with `since`
+            mark_rec = len(client.records)
+            client.muted.add("pong")
+            fail = await wait_until(lambda: client.logged("fail", mark_rec), "the server's heartbeat timeout", detail=client.summary)
+            assert fail[0]["closeCode"] == 4000
+            client.muted.clear()
+            await until_live(client)
+            reply = await until_subscribed(client, mark_rec)
+            assert reply["recovered"] is True
+            assert server.metric("websocket_heartbeat_failures_total") == 1

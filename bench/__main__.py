@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
     parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
     parser.add_argument("--runs", type=int, help="browser: runs per cell")
+    parser.add_argument("--out", help="result file name (default: fanout.json, storm.json or storm-term.json, "
+                                      "browser.json, profile.json)")
     args = parser.parse_args(argv)
     install_cleanup()
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.kinds = args.kinds
         if args.repeat:
             cfg.repeat = args.repeat
+        if args.out:
+            cfg.out = prefix + args.out
         run_fanout(cfg)
     if cmd in ("all", "storm"):
         from bench.storm import StormConfig, run_storm
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             scfg.clients = args.clients
         if args.kill:
             scfg.kill = args.kill
+        if scfg.kill == "term":
+            scfg.out = prefix + "storm-term.json"
+        if args.out:
+            scfg.out = prefix + args.out
         run_storm(scfg)
     if cmd in ("all", "browser"):
         from bench.browser import BrowserConfig, run_browser
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             bcfg.runs = 2
         if args.runs:
             bcfg.runs = args.runs
+        if args.out:
+            bcfg.out = prefix + args.out
         run_browser(bcfg)
     if cmd == "profile":
         from bench.fanout import FanoutConfig, run_fanout

@@ -179,7 +179,8 @@ def plot_fanout(data: dict[str, Any], d: Path) -> None:
 
 def storm_md(data: dict[str, Any], img: str) -> list[str]:
     s = data["settings"]
-    out = ["### Reconnect storm", ""]
+    term = s["kill"] == "term"
+    out = ["### Reconnect storm" + (" (SIGTERM: restart hint + 1012)" if term else " (SIGKILL)"), ""]
     out += machine_lines(data)
     out.append(f"- {s['clients']} headless clients running the real client core (`client.runtime.Runtime`) in "
                f"{s['workers']} processes, bus `{s['bus']}`; server {'SIGKILL' if s['kill'] == 'kill' else 'SIGTERM'}, "
@@ -200,11 +201,11 @@ def storm_md(data: dict[str, Any], img: str) -> list[str]:
     out.append(f"- Peak (jitter / seed): {_f(v.get('peak_ratio'), 2)}, target ≤ 0.25: {_ok(v.get('peak_ok'))}.")
     out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
                f"{_ok(v.get('lost_ok'))}.")
-    out += ["", f"![storm]({img}storm.png)", ""]
+    out += ["", f"![storm]({img}{'storm-term' if term else 'storm'}.png)", ""]
     return out
 
 
-def plot_storm(data: dict[str, Any], d: Path) -> None:
+def plot_storm(data: dict[str, Any], d: Path, name: str = "storm.png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,7 +231,7 @@ def plot_storm(data: dict[str, Any], d: Path) -> None:
     ax2.legend()
     ax2.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(d / "storm.png", dpi=110)
+    fig.savefig(d / name, dpi=110)
     plt.close(fig)
 
 
@@ -293,6 +294,26 @@ def plot_browser(data: dict[str, Any], d: Path) -> None:
     plt.close(fig)
 
 
+def redis_md(data: dict[str, Any]) -> list[str]:
+    out = ["### Our server with the Redis bus (publish → Redis Streams → reader task → fan-out)", ""]
+    out.append("| N | server | connected | connect errors | step | offered del/s | achieved del/s | p50 ms | p99 ms | "
+               "server CPU µs/delivery | KB / connection |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in data["runs"]:
+        if "steps" not in r:
+            continue
+        errs = "; ".join(f"{k} × {v}" for k, v in r.get("connect_errors", {}).items()) or "–"
+        for i, st in enumerate(r["steps"] + [r["burst"]]):
+            lat = st["latency"]
+            label = f"{i}" if i < len(r["steps"]) else "burst"
+            out.append(f"| {r['n']} | {r['kind']} | {r['connected']} | {errs if i == 0 else ''} | {label} | "
+                       f"{_f(st['offered_deliveries_per_s'], 0)} | {_f(st['deliveries_per_s'], 0)} | "
+                       f"{_f(lat.get('p50_ms'))} | {_f(lat.get('p99_ms'))} | {_f(st['server_cpu_us_per_delivery'])} | "
+                       f"{_f(r['rss_per_conn_kb']) if i == 0 else ''} |")
+    out.append("")
+    return out
+
+
 # -- profile ---------------------------------------------------------------------------------------
 
 
@@ -311,18 +332,24 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     fan, storm, browser, prof = (_load(d, "fanout.json"), _load(d, "storm.json"), _load(d, "browser.json"),
                                  _load(d, "profile.json"))
+    storm_term, fan_redis = _load(d, "storm-term.json"), _load(d, "fanout-redis.json")
     sections: list[list[str]] = []
     for data, md, plot in ((fan, fanout_md, plot_fanout), (storm, storm_md, plot_storm),
-                           (browser, browser_md, plot_browser)):
+                           (storm_term, storm_md, plot_storm), (browser, browser_md, plot_browser)):
         if data is None:
             continue
         try:
-            plot(data, d)
+            if data is storm_term:
+                plot_storm(data, d, "storm-term.png")
+            else:
+                plot(data, d)
         except Exception as exc:  # noqa: BLE001 - a plot problem must not lose the tables
             print(f"   plot failed: {exc!r}")
         sections.append(md(data, ""))
         if data is fan:
             sections.append(memory_md(fan, ""))
+    if fan_redis is not None:
+        sections.append(redis_md(fan_redis))
     if prof is not None:
         sections.append(profile_md(prof, ""))
     body = [line for sec in sections for line in sec]
@@ -332,11 +359,13 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     if docs and DOC.exists():
         rel = "../" + str(d.relative_to(ROOT)) + "/"
         doc_body = []
-        for data, md in ((fan, fanout_md), (storm, storm_md), (browser, browser_md)):
+        for data, md in ((fan, fanout_md), (storm, storm_md), (storm_term, storm_md), (browser, browser_md)):
             if data is not None:
                 doc_body += md(data, rel)
                 if data is fan:
                     doc_body += memory_md(fan, rel)
+        if fan_redis is not None:
+            doc_body += redis_md(fan_redis)
         if prof is not None:
             doc_body += profile_md(prof, "bench/results/")
         text = DOC.read_text()

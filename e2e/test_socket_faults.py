@@ -66,3 +66,15 @@ def test_close_4401_requires_sign_in_without_reconnect_loop(page, server):
     login_form.locator('button[type="submit"]').click()
     expect(status(page)).to_have_attribute("data-state", "live")
     assert len(proxy.sockets) == 2
+
+
+def test_refused_token_is_forgotten_so_a_reload_shows_the_login(page, server):
+    proxy = Proxy()
+    page.route_web_socket(WS_PATTERN, proxy)
+    login_live(page, server)
+    proxy.sockets[0].close(code=4401, reason="token expired")
+    expect(status(page)).to_have_attribute("data-state", "auth-required")
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-app", "ready")
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    assert len(proxy.sockets) == 1

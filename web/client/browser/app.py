@@ -83,6 +83,7 @@ class DashboardApp:
         self.escalations = None
         self.pending = {}
         self._intent = None
+        self._signed_out = False
         self.tz = timezone_offset_min()
 
     async def boot(self):
@@ -114,6 +115,7 @@ class DashboardApp:
         adapter = BrowserAdapter(rt, storage.token, on_pumped=self.render_status)
         session = Session(rt, adapter, user)
         self.session = session
+        self._signed_out = False
         self.view.reset_app()
         self.view.show_app(user)
         session.unsubs.append(rt.on_mutation(self.on_mutation))
@@ -175,7 +177,9 @@ class DashboardApp:
         fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
-        if session is not None and status.get("state") == "auth-required":
+        if session is not None and status.get("state") == "auth-required" and not self._signed_out:
+            self._signed_out = True
+            storage.forget_token()
             self.view.show_login("Your session has ended. Please sign in again.")
 
     def on_projects(self, entry):

@@ -1,4 +1,4 @@
-"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `clear()`."""
+"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `forget_token()`, `clear()`."""
 
 import json
 
@@ -34,6 +34,11 @@ def user():
 def save(jwt, user_info):
     js.window.localStorage.setItem(TOKEN_KEY, str(jwt))
     js.window.localStorage.setItem(USER_KEY, json.dumps(user_info or {}))
+
+
+def forget_token():
+    """Drop a token the server refused, so a reload does not dial with it again."""
+    js.window.localStorage.removeItem(TOKEN_KEY)
 
 
 def clear():

@@ -188,16 +188,25 @@ def storm_md(data: dict[str, Any], img: str) -> list[str]:
                f"Redis while down, {s['rate']:g}/s for {s['during_s']:g} s after the restart, {s['after']} after.")
     out.append("")
     out.append("| schedule | peak dials / 100 ms | peak handshakes / 100 ms | dials after kill | server ready after kill s | "
-               "50 % back s | 99 % back s | all back s | lost events | seq gaps | recovered (resume) |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+               "50 % back s | 99 % back s (after ready) | all back s | never back | lost events | seq gaps | recovered (resume) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in data["runs"]:
         if "peak_dials_per_100ms" not in r:
             continue
         out.append(f"| {r['mode']} | {r['peak_dials_per_100ms']} | {r['peak_handshakes_per_100ms']} | "
-                   f"{r['dials_after_kill']} | {_f(r['restart_ready_s'])} | {_f(r['t50_s'])} | {_f(r['t99_s'])} | "
-                   f"{_f(r['t100_s'])} | {r['lost']} | {r['seq_gaps']} | {r['recovered_true']}/{r['clients']} |")
-    v = data.get("verdict", {})
+                   f"{r['dials_after_kill']} | {_f(r['restart_ready_s'])} | {_f(r['t50_s'])} | {_f(r['t99_s'])} "
+                   f"({_f(r.get('t99_after_ready_s'))}) | {_f(r['t100_s'])} | {r.get('never_back', 0)} | {r['lost']} | "
+                   f"{r['seq_gaps']} | {r['recovered_true']}/{r['clients']} |")
     out.append("")
+    for r in data["runs"]:
+        if "close_codes" in r:
+            codes = ", ".join(f"{k} × {v}" for k, v in sorted(r["close_codes"].items()))
+            st = r.get("runtime_stats", {})
+            out.append(f"- {r['mode']}: close codes seen by clients {codes}; client-core counters: "
+                       f"{st.get('recovered', 0)} recovered, {st.get('unrecovered', 0)} unrecovered, "
+                       f"{st.get('gaps', 0)} gaps, {st.get('duplicates', 0)} duplicates dropped, "
+                       f"{st.get('failedAttempts', 0)} failed attempts; final states {r.get('final_states')}.")
+    v = data.get("verdict", {})
     out.append(f"- Peak (jitter / seed): {_f(v.get('peak_ratio'), 2)}, target ≤ 0.25: {_ok(v.get('peak_ok'))}.")
     out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
                f"{_ok(v.get('lost_ok'))}.")

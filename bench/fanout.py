@@ -243,8 +243,10 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
     server_cpus = {0} if cfg.pin else None
     gen_cpus = {1} if cfg.pin and (os.cpu_count() or 1) > 1 else None
     server_kind = "bare" if kind == "bare" else "app"
-    child = Child([PYTHON, "-m", "bench.server", "--kind", server_kind, "--port", str(port)], env=env, log=log,
-                  cpus=server_cpus)
+    args = [PYTHON, "-m", "bench.server", "--kind", server_kind, "--port", str(port)]
+    if kind.startswith("app-") and kind != "app-redis":  # e.g. app-direct: a bench.variants experiment
+        args += ["--variant", kind.removeprefix("app-")]
+    child = Child(args, env=env, log=log, cpus=server_cpus)
     gens: list[LoadGenProc] = []
     result: dict[str, Any] = {"n": n, "kind": kind, "port": port}
     try:
@@ -386,11 +388,12 @@ def verdict(data: dict[str, Any]) -> dict[str, Any]:
     <= 1.2x bare, memory per connection <= 1.2x bare and < 32 KB."""
     out: dict[str, Any] = {}
     target_step = data["settings"]["target_step"]
-    for n in sorted({r["n"] for r in data["runs"]}):
-        app, bare = _agg(data["runs"], n, "app", target_step), _agg(data["runs"], n, "bare", target_step)
+    kinds = [k for k in data["settings"]["kinds"] if k != "bare"]
+    for n, kind in ((n, kind) for n in sorted({r["n"] for r in data["runs"]}) for kind in kinds):
+        app, bare = _agg(data["runs"], n, kind, target_step), _agg(data["runs"], n, "bare", target_step)
         if not app or not bare:
             continue
-        out[str(n)] = {
+        out[str(n) if kind == "app" else f"{n} {kind}"] = {
             "app": app,
             "bare": bare,
             "capacity_app_per_core": 1e6 / app["burst_cpu_us"],

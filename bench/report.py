@@ -14,7 +14,7 @@ from typing import Any
 from bench.env import RESULTS, ROOT
 
 DOC = ROOT / "docs" / "performance.md"
-COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green"}
+COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green", "app-direct": "tab:purple"}
 BEGIN = "<!-- BEGIN GENERATED (python -m bench report) -->"
 END = "<!-- END GENERATED -->"
 
@@ -85,7 +85,7 @@ def fanout_md(data: dict[str, Any], img: str) -> list[str]:
     out.append("Verdict (medians over the repeated runs; capacity = 10⁶ / server CPU µs per delivery in the burst, "
                "i.e. deliveries/s one core of this machine can fan out):")
     out.append("")
-    out.append("| N | burst del/s app / bare | ≥ 0.9 | capacity per core app / bare | ≥ 0.9 | CPU µs/delivery at the latency step app / bare | p50 ms app / bare | p99 ms app / bare | ≤ 1.2 | lost app / bare |")
+    out.append("| N (server if not app) | burst del/s app / bare | ≥ 0.9 | capacity per core app / bare | ≥ 0.9 | CPU µs/delivery at the latency step app / bare | p50 ms app / bare | p99 ms app / bare | ≤ 1.2 | lost app / bare |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")
     for n, v in data.get("verdict", {}).items():
         a, b = v["app"], v["bare"]
@@ -115,7 +115,7 @@ def memory_md(data: dict[str, Any], img: str) -> list[str]:
                    f"{_f(r['rss_idle_mb'])} | {_f(r['rss_per_conn_kb'])} | {_f(r.get('rss_avg_per_conn_kb'))} | "
                    f"{_f(r.get('rss_after_mb'))} |")
     out.append("")
-    out.append("| N | app KB/conn (median) | ratio to bare | target ≤ 1.2 and < 32 KB |")
+    out.append("| N (server if not app) | app KB/conn (median) | ratio to bare | target ≤ 1.2 and < 32 KB |")
     out.append("|---|---|---|---|")
     for n, v in data.get("verdict", {}).items():
         out.append(f"| {n} | {_f(v['mem_kb'])} | {_f(v['mem_ratio'], 2)} | {_ok(v['mem_ok'])} |")

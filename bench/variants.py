@@ -1,0 +1,101 @@
+"""Bench-only experiments on our server, to measure a proposed change before anyone makes it.
+
+`bench.server --kind app --variant direct` calls `install_direct_fanout()` before building the app. It is an
+experiment, not product code: it patches `Hub._on_event`, `Outbox.next_frame` and `_Connection.__init__` of
+the running process only.
+
+`direct`: the fast path proposed in docs/performance.md. For each event, subscribers whose outbox is empty and
+whose writer task is parked get the frame from ONE sender task per event (`await ws.send_text(frame)` in a loop,
+like the bare endpoint) instead of waking one writer task per subscriber. Clients that are behind still go
+through `Outbox.offer()` (bounded queue, 4008 on overflow). Order per connection is kept: an outbox is marked
+busy until the sender task has written to it, and its writer holds any later frame until then.
+Not handled (fine for the benchmark, not for production): control frames pushed while a direct send is
+pending may overtake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def install_direct_fanout() -> None:
+    from backend.realtime import endpoint, hub as hubmod, outbox as outboxmod
+
+    sockets: dict[Any, Any] = {}  # Outbox -> starlette WebSocket
+    busy: set[Any] = set()
+    waiters: dict[Any, asyncio.Future[None]] = {}
+
+    original_init = endpoint._Connection.__init__
+
+    def init(self: Any, websocket: Any, settings: Any, hub: Any, metrics: Any, store: Any, session: Any,
+             outbox: Any) -> None:
+        original_init(self, websocket, settings, hub, metrics, store, session, outbox)
+        sockets[outbox] = websocket
+
+    original_disconnect = hubmod.Hub.disconnect
+
+    def disconnect(self: Any, outbox: Any) -> None:
+        sockets.pop(outbox, None)
+        original_disconnect(self, outbox)
+
+    def release(outbox: Any) -> None:
+        busy.discard(outbox)
+        fut = waiters.pop(outbox, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def send_all(pairs: list[tuple[Any, Any]], frame: str) -> None:
+        for outbox, ws in pairs:
+            try:
+                if outbox.close_code is None:
+                    await ws.send_text(frame)
+            except Exception:  # noqa: BLE001 - the reader sees the disconnect
+                pass
+            finally:
+                release(outbox)
+
+    original_next = outboxmod.Outbox.next_frame
+
+    async def next_frame(self: Any) -> str | None:
+        frame = await original_next(self)
+        while self in busy:  # a direct send of an earlier event is still pending: keep the order
+            fut = waiters.get(self)
+            if fut is None:
+                fut = waiters[self] = asyncio.get_running_loop().create_future()
+            await fut
+        return frame
+
+    def on_event(self: Any, event: Any) -> None:
+        subs = self._subscriptions.get(event.project_id)
+        if not subs:
+            return
+        started = time.perf_counter()
+        delivered = 0
+        direct: list[tuple[Any, Any]] = []
+        for sub in tuple(subs.values()):
+            ob = sub.outbox
+            if (sub.pending is None and ob.close_code is None and not ob._frames and ob._wakeup._waiters
+                    and ob not in busy and sub.is_new(event)):
+                ws = sockets.get(ob)
+                if ws is not None:
+                    busy.add(ob)
+                    direct.append((ob, ws))
+                    sub.epoch, sub.seq = event.epoch, event.seq
+                    delivered += 1
+                    continue
+            delivered += self._deliver(event.project_id, sub, event)
+        if direct:
+            asyncio.get_running_loop().create_task(send_all(direct, event.frame))
+        if delivered:
+            self.metrics.events_delivered.inc(delivered)
+        self.metrics.broadcast_duration.observe(time.perf_counter() - started)
+
+    endpoint._Connection.__init__ = init  # type: ignore[method-assign]
+    hubmod.Hub.disconnect = disconnect  # type: ignore[method-assign]
+    hubmod.Hub._on_event = on_event  # type: ignore[method-assign]
+    outboxmod.Outbox.next_frame = next_frame  # type: ignore[method-assign]
+
+
+VARIANTS = {"direct": install_direct_fanout}

@@ -64,14 +64,20 @@ def settings_for_tests(**overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running(server: ContractServer, token: str, project: str = "apollo") -> AsyncIterator[ContractClient]:
-    """A started client (handler on `project`), stopped and drained on exit."""
+async def running(server: ContractServer, token: str, project: str = "apollo", *,
+                  server_errors: bool = False) -> AsyncIterator[ContractClient]:
+    """A started client (handler on `project`), stopped and drained on exit. On a clean exit it also checks
+    that the server never rejected a client frame (`server-error`, unless allowed), sent nothing the client
+    could not parse, that no handler or listener raised and that no telemetry record holds the token."""
     client = await ContractClient.create(server, token, project)
     try:
         client.start()
         yield client
     finally:
         await client.aclose()
+    assert client.logged("bad-frame") == [] and client.logged("listener-error") == []
+    assert token not in json.dumps(client.records)  # telemetry never carries the token
+    assert server_errors or client.logged("server-error") == [], client.logged("server-error")
 
 
 async def rest(server: ContractServer, token: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -213,6 +219,40 @@ async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without
             assert client.events[-1]["seq"] == seq + 51 and client.rt.stats["duplicates"] == 0
 
 
+async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, token_for(settings, "alice")) as client:
+            await until_live(client)
+            client.watch(STORIES)
+            start = (await until_subscribed(client, 0))["seq"]
+            await wait_until(lambda: client.settled(STORIES), "the stories", detail=client.summary)
+            client.hold_dials()
+            mark_cmd, mark_rec = len(client.commands), len(client.records)
+            client.drop()
+            await wait_until(lambda: client.state == "reconnecting", "the client to notice the drop", detail=client.summary)
+            await server.publish_many("apollo", 50, "escalation.created")
+            await wait_until(lambda: client.opens()[1:], "the client to redial", detail=client.summary)
+            client.release_dials()
+            # publish one event at a time while the client dials, resubscribes and replays; stop 10 events after
+            # its `subscribed` arrived, so the replay/live boundary is crossed with events in flight
+            after_reply, published = 0, 50
+            while after_reply < 10:
+                assert published < 900, client.summary()  # the history holds 1000
+                await server.publish("apollo", "escalation.created", {"n": published})
+                published += 1
+                if client.logged("subscribed", mark_rec):
+                    after_reply += 1
+            await wait_until(lambda: len(client.events) == published, "every event", detail=client.summary)
+            assert [e["seq"] for e in client.events] == list(range(start + 1, start + 1 + published))
+            assert [e["data"]["n"] for e in client.events[50:]] == list(range(50, published))
+            reply = client.logged("subscribed", mark_rec)[0]
+            assert reply["recovered"] is True and reply["replayed"] >= 50
+            stats = client.rt.stats
+            assert (stats["duplicates"], stats["gaps"], stats["unrecovered"]) == (0, 0, 0)
+            assert client.fetches(mark_cmd) == [] and client.settled(STORIES)
+
+
 # -- 3 ------------------------------------------------------------------------------------------------
 
 
@@ -274,7 +314,8 @@ async def test_expired_token_means_auth_required_and_no_more_dials(tmp_path: Pat
     expired = issue_token(settings, "alice", ttl_s=-30)[0]
     short = issue_token(settings, "alice", ttl_s=2)[0]  # valid for 1-2 s from now
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
-        async with running(server, expired) as refused, running(server, short) as expiring:
+        async with (running(server, expired, server_errors=True) as refused,
+                    running(server, short, server_errors=True) as expiring):
             await until_live(expiring)
             await until_subscribed(expiring, 0)
             for client in (refused, expiring):
@@ -353,9 +394,10 @@ async def test_heartbeat_pings_are_answered_so_an_idle_connection_survives(tmp_p
                 return [json_of(c) for _, c in client.commands[mark_cmd:] if c[0] == "send"]
 
             # 8 answered pings span 8 intervals: well past the server's 3-interval and the client's own deadline
-            await wait_until(lambda: len(sent_since_mark()) >= 8, "eight pings answered", detail=client.summary)
-            assert all(m == {"action": "pong"} for m in sent_since_mark())  # no other client traffic
+            await wait_until(lambda: len(sent_since_mark()) >= 8 or client.rt.stats["drops"], "eight pings answered",
+                             detail=client.summary)
             assert client.state == "live" and client.rt.stats["drops"] == 0 and client.rt.stats["connects"] == 1
+            assert all(m == {"action": "pong"} for m in sent_since_mark())  # no other client traffic
             assert server.metric("websocket_heartbeat_failures_total") == 0
             assert server.app.state.hub.connection_count == 1
 
@@ -369,3 +411,28 @@ async def test_heartbeat_pings_are_answered_so_an_idle_connection_survives(tmp_p
             reply = await until_subscribed(client, mark_rec)
             assert reply["recovered"] is True
             assert server.metric("websocket_heartbeat_failures_total") == 1
+
+
+# -- 7 ------------------------------------------------------------------------------------------------
+
+
+async def test_a_project_the_user_is_not_a_member_of_is_refused_without_harming_the_connection(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, token_for(settings, "alice"), server_errors=True) as client:
+            await until_live(client)
+            await until_subscribed(client, 0)
+            foreign = ("stories", "cassini")  # bob's project
+            received: list[dict[str, Any]] = []
+            client.rt.subscribe("cassini", received.append)
+            client.watch(foreign)
+            await wait_until(lambda: client.entry(foreign).state == "error", "the REST 403", detail=client.summary)
+            assert client.entry(foreign).error.startswith("forbidden")
+            [refusal] = await wait_until(lambda: client.logged("server-error"), "the forbidden reply", detail=client.summary)
+            assert refusal["projectId"] == "cassini" and refusal["reason"].startswith("forbidden")
+            await server.publish("cassini", "story.created", {})
+            await server.publish("apollo", "story.created", {})
+            await wait_until(lambda: client.events, "the apollo event")
+            assert received == []
+            # a 403 is not a 401: the connection stays live, nothing is redialled
+            assert client.state == "live" and len(client.opens()) == 1 and client.rt.stats["drops"] == 0

@@ -233,6 +233,29 @@ def suspended_driver(**kw):
     return d
 
 
+def test_suspended_reports_the_retries_of_the_fast_phase_not_more():
+    d = suspended_driver(rand=Const(0.5))
+    assert d.rt.status["attempt"] == 2
+    d.advance(d.rt.status["nextRetryAt"] - d.now)
+    d.closed(1006)
+    assert d.state == "suspended" and d.rt.status["attempt"] == 2
+
+
+def test_manual_retry_while_offline_that_fails_waits_for_online():
+    d = Driver(dict(CFG), rand=Const(0.0))
+    d.connect()
+    d.rt.network_changed(False, d.now)
+    d.pump()
+    assert d.state == "offline"
+    d.rt.retry_now(d.now)
+    assert len(d.opens(d.pump())) == 1  # the user may overrule navigator.onLine
+    d.closed(1001)
+    assert d.state == "offline"
+    assert d.opens(d.advance(60000)) == []
+    d.rt.network_changed(True, d.now)
+    assert len(d.opens(d.pump())) == 1
+
+
 def test_suspended_retries_every_period_within_twenty_percent():
     for r, expected in ((0.0, 48000), (0.5, 60000), (0.999, 71976)):
         d = suspended_driver(rand=Const(r))

@@ -35,6 +35,8 @@ step = st.one_of(
 @example(steps=[("start", None), ("closed", 1006), ("visible", False), ("advance", 5000)], r=0.5)
 @example(steps=[("start", None), ("closed", 1006), ("online", False), ("advance", 5000), ("visible", True)], r=0.5)
 @example(steps=[("start", None), ("connected", True), ("visible", False), ("advance", 90000), ("closed", 4401), ("retry", None)], r=0.1)
+@example(steps=[("start", None), ("online", False), ("retry", None), ("closed", 1001)], r=0.0)
+@example(steps=[("start", None), ("online", False), ("retry", None), ("closed", 1001), ("advance", 0)], r=0.0)
 @given(steps=st.lists(step, max_size=60), r=st.floats(min_value=0, max_value=1, exclude_max=True))
 def test_random_inputs_keep_the_connection_rules(steps, r):
     tokens = {"good": make_jwt(exp_s=WALL0 // 1000 + 10**6), "none": None, "expired": make_jwt(exp_s=WALL0 // 1000 - 1)}

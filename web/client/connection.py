@@ -517,6 +517,10 @@ class Connection:
             self.retry_at = None
             self._fire(AUTH_FAILED, now, reason=reason)
             return
+        if not self.online:  # e.g. a manual retry while the browser says offline: wait for `online`
+            self.retry_at = None
+            self._fire(GO_OFFLINE, now, reason=reason)
+            return
         self.attempt += 1
         if self.attempt > self.config.reconnect_max_attempts:
             delay = self.backoff.around(self.config.suspended_retry_ms)
@@ -545,9 +549,12 @@ class Connection:
         next_retry = None
         if self.state in (WAITING, SUSPENDED):
             next_retry = self.retry_at
+        attempt = self.attempt
+        if self.state == SUSPENDED:  # the fast phase is over: report how many retries it made
+            attempt = min(attempt, self.config.reconnect_max_attempts)
         return {
             "state": PUBLIC[self.state],
-            "attempt": self.attempt,
+            "attempt": attempt,
             "nextRetryAt": next_retry,
             "lastLiveAt": self.last_live_at,
             "closeCode": self.close_code,

@@ -244,8 +244,8 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
     gen_cpus = {1} if cfg.pin and (os.cpu_count() or 1) > 1 else None
     server_kind = "bare" if kind == "bare" else "app"
     args = [PYTHON, "-m", "bench.server", "--kind", server_kind, "--port", str(port)]
-    if kind.startswith("app-") and kind != "app-redis":  # e.g. app-direct: a bench.variants experiment
-        args += ["--variant", kind.removeprefix("app-")]
+    if kind.startswith("app-") and kind != "app-redis":  # app-direct, app-lean-direct: bench.variants experiments
+        args += ["--variant", ",".join(kind.removeprefix("app-").split("-"))]
     child = Child(args, env=env, log=log, cpus=server_cpus)
     gens: list[LoadGenProc] = []
     result: dict[str, Any] = {"n": n, "kind": kind, "port": port}

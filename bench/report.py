@@ -14,7 +14,8 @@ from typing import Any
 from bench.env import RESULTS, ROOT
 
 DOC = ROOT / "docs" / "performance.md"
-COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green", "app-direct": "tab:purple"}
+COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green", "app-direct": "tab:purple", "app-lean": "tab:olive",
+          "app-lean-direct": "tab:red"}
 BEGIN = "<!-- BEGIN GENERATED (python -m bench report) -->"
 END = "<!-- END GENERATED -->"
 
@@ -303,6 +304,32 @@ def plot_browser(data: dict[str, Any], d: Path) -> None:
     plt.close(fig)
 
 
+def variants_md(data: dict[str, Any]) -> list[str]:
+    out = ["### Experiments: the proposed server changes, measured (`bench/variants.py`)", ""]
+    out.append("Same fan-out run with bench-only patches of our server (see `bench/variants.py`): `lean` = reader in the "
+               "endpoint task, heartbeat on a timer handle, no closing-waiter task or event; `direct` = one sender task "
+               "per event for subscribers whose queue is empty; `lean-direct` = both. "
+               f"{data['settings']['repeat']} run(s) each, medians.")
+    out.append("")
+    out.append("| N | server | KB / connection (marginal) | ratio to bare | CPU µs/delivery at the latency step | "
+               "burst CPU µs/delivery | capacity ratio to bare | p50 / p99 ms at the latency step | lost |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    from bench.fanout import _agg  # the same medians the verdict uses
+
+    target = data["settings"]["target_step"]
+    for n in sorted({r["n"] for r in data["runs"]}):
+        bare = _agg(data["runs"], n, "bare", target)
+        for kind in data["settings"]["kinds"]:
+            a = _agg(data["runs"], n, kind, target)
+            if not a or not bare:
+                continue
+            out.append(f"| {n} | {kind} | {_f(a['mem_kb'])} | {_f(a['mem_kb'] / bare['mem_kb'], 2)} | "
+                       f"{_f(a['step_cpu_us'])} | {_f(a['burst_cpu_us'])} | {_f(bare['burst_cpu_us'] / a['burst_cpu_us'], 2)} | "
+                       f"{_f(a['p50'])} / {_f(a['p99'])} | {a['lost']} |")
+    out.append("")
+    return out
+
+
 def redis_md(data: dict[str, Any]) -> list[str]:
     out = ["### Our server with the Redis bus (publish → Redis Streams → reader task → fan-out)", ""]
     out.append("| N | server | connected | connect errors | step | offered del/s | achieved del/s | p50 ms | p99 ms | "
@@ -342,6 +369,7 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     fan, storm, browser, prof = (_load(d, "fanout.json"), _load(d, "storm.json"), _load(d, "browser.json"),
                                  _load(d, "profile.json"))
     storm_term, fan_redis = _load(d, "storm-term.json"), _load(d, "fanout-redis.json")
+    fan_variants = _load(d, "fanout-variants.json")
     sections: list[list[str]] = []
     for data, md, plot in ((fan, fanout_md, plot_fanout), (storm, storm_md, plot_storm),
                            (storm_term, storm_md, plot_storm), (browser, browser_md, plot_browser)):
@@ -357,6 +385,8 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
         sections.append(md(data, ""))
         if data is fan:
             sections.append(memory_md(fan, ""))
+    if fan_variants is not None:
+        sections.append(variants_md(fan_variants))
     if fan_redis is not None:
         sections.append(redis_md(fan_redis))
     if prof is not None:
@@ -373,6 +403,8 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
                 doc_body += md(data, rel)
                 if data is fan:
                     doc_body += memory_md(fan, rel)
+        if fan_variants is not None:
+            doc_body += variants_md(fan_variants)
         if fan_redis is not None:
             doc_body += redis_md(fan_redis)
         if prof is not None:

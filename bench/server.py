@@ -260,13 +260,14 @@ def main() -> None:
     parser.add_argument("--kind", choices=["app", "bare"], required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--variant", default="", help="bench-only experiment on our server (see bench.variants)")
+    parser.add_argument("--variant", default="", help="bench-only experiments on our server, comma-separated (see bench.variants)")
     args = parser.parse_args()
     raise_nofile()
     if args.variant:
         from bench.variants import VARIANTS
 
-        VARIANTS[args.variant]()
+        for name in args.variant.split(","):
+            VARIANTS[name]()
     from backend.cli import DashboardServer, uvicorn_config
     from backend.logs import configure_logging
     from backend.settings import Settings

@@ -4,6 +4,11 @@
 experiment, not product code: it patches `Hub._on_event`, `Outbox.next_frame` and `_Connection.__init__` of
 the running process only.
 
+`lean`: the memory change proposed in docs/performance.md. `_Connection.run` reads in the endpoint's own task
+(no reader task), drives the heartbeat from one `loop.call_later` handle (no heartbeat task), and replaces the
+task that waited for `outbox.closing` (and the `asyncio.Event` itself) with a flag that calls back. The writer
+task stays. Not handled: the CLOSE_TIMEOUT_S guard cancels the endpoint's task instead of a child task.
+
 `direct`: the fast path proposed in docs/performance.md. For each event, subscribers whose outbox is empty and
 whose writer task is parked get the frame from ONE sender task per event (`await ws.send_text(frame)` in a loop,
 like the bare endpoint) instead of waking one writer task per subscriber. Clients that are behind still go
@@ -98,4 +103,82 @@ def install_direct_fanout() -> None:
     outboxmod.Outbox.next_frame = next_frame  # type: ignore[method-assign]
 
 
-VARIANTS = {"direct": install_direct_fanout}
+class _Flag:
+    """Stands in for `Outbox.closing` (an asyncio.Event nobody needs to wait on): `set()` calls back."""
+
+    __slots__ = ("value", "callback")
+
+    def __init__(self) -> None:
+        self.value = False
+        self.callback: Any = None
+
+    def set(self) -> None:
+        if not self.value:
+            self.value = True
+            if self.callback is not None:
+                self.callback()
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+def install_lean_connection() -> None:
+    from backend.realtime import endpoint, frames, outbox as outboxmod
+    from backend.realtime.session import SEND_PING, TIMED_OUT, TOKEN_EXPIRED
+
+    original_outbox_init = outboxmod.Outbox.__init__
+
+    def outbox_init(self: Any, client_id: str, user_id: str, limit: int) -> None:
+        original_outbox_init(self, client_id, user_id, limit)
+        self.closing = _Flag()
+
+    async def run(self: Any) -> None:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        session, outbox = self.session, self.outbox
+        writer = loop.create_task(self._write())
+        handle: list[Any] = [None]
+
+        def beat() -> None:
+            handle[0] = None
+            if outbox.close_code is not None:
+                return
+            for action in session.handle_timer(time.monotonic()):
+                if action == SEND_PING:
+                    outbox.push(frames.PING)
+                elif action == TIMED_OUT:
+                    if outbox.close(frames.HEARTBEAT_TIMEOUT, "heartbeat timeout"):
+                        self.metrics.heartbeat_failures.inc()
+                    return
+                elif action == TOKEN_EXPIRED:
+                    outbox.close(frames.AUTH_FAILED, "token expired",
+                                 frame=frames.error("Authentication failed", "token expired"))
+                    return
+            handle[0] = loop.call_later(max(0.0, session.get_timer() - time.monotonic()), beat)
+
+        def on_close() -> None:
+            def guard() -> None:
+                if me is not None and not me.done():
+                    me.cancel()
+
+            loop.call_later(endpoint.CLOSE_TIMEOUT_S + 1, guard)
+
+        handle[0] = loop.call_later(max(0.0, session.get_timer() - time.monotonic()), beat)
+        outbox.closing.callback = on_close
+        if outbox.closing.is_set():
+            on_close()
+        try:
+            await self._read()
+            if outbox.close_code is not None:
+                await asyncio.wait((writer,), timeout=endpoint.CLOSE_TIMEOUT_S)
+        finally:
+            if handle[0] is not None:
+                handle[0].cancel()
+            writer.cancel()
+            await asyncio.wait((writer,))
+
+    outboxmod.Outbox.__init__ = outbox_init  # type: ignore[method-assign]
+    endpoint._Connection.run = run  # type: ignore[method-assign]
+
+
+VARIANTS = {"direct": install_direct_fanout, "lean": install_lean_connection}

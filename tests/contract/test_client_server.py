@@ -5,7 +5,7 @@ the real SQLite store with the demo data, the in-process event bus, scaled-down 
 `Settings`) and drives the unmodified client core through the headless asyncio adapter of the
 benchmarks (`websockets` client, httpx for REST with `Authorization: Bearer`, one timer re-armed at
 `rt.get_timer()`). Nothing on either side is stubbed; only the network is manipulated (a dial gate,
-an aborted TCP connection, a stopped and restarted server). What this proves, end to end:
+an aborted TCP connection, a stopped and restarted server, a frozen server loop). What this proves, end to end:
 
 1. A real login token gets the client live; `watch` loads the stories over REST; a REST change by
    another user arrives as an event (not the client's own) and the cached data equals the server's;
@@ -26,14 +26,17 @@ an aborted TCP connection, a stopped and restarted server). What this proves, en
 
 Also: a resume while the publisher keeps publishing crosses the replay/live boundary without loss or
 repeat; a project the user is not a member of is refused (REST 403, `forbidden`) without harming the
-connection; and (strict xfail, a known bug) a user holding the maximum number of subscriptions is
-rate-limited (4429) by its own subscribe burst. Every client must also end without a rejected frame,
-an unparsable frame, a failing handler or a token in its telemetry.
+connection; a stalled server (silent socket) is found by the client's watchdog, no earlier than
+heartbeat x misses + grace, closed 4101, redialled and resumed; and (strict xfail, a known bug) a user
+holding the maximum number of subscriptions is rate-limited (4429) by its own subscribe burst. Every
+client must also end without a rejected frame, an unparsable frame, a failing handler or a token in
+its telemetry.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -87,8 +90,10 @@ async def running(server: ContractServer, token: str, project: str = "apollo", *
 
 
 async def rest(server: ContractServer, token: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One REST call as another client would make it; fails the test on a non-2xx answer."""
+    headers = {"Authorization": "Bearer " + token, **kwargs.pop("headers", {})}
     async with httpx.AsyncClient(base_url=server.http, timeout=WAIT_S, trust_env=False) as http:
-        response = await http.request(method, path, headers={"Authorization": "Bearer " + token, **kwargs.pop("headers", {})}, **kwargs)
+        response = await http.request(method, path, headers=headers, **kwargs)
     assert response.is_success, (response.status_code, response.text)
     return response.json()
 
@@ -470,3 +475,35 @@ async def test_a_user_with_the_maximum_number_of_subscriptions_can_subscribe_and
             await wait_until(lambda: answered(mark_rec), "every subscription resumed", detail=client.summary)
             assert [r["closeCode"] for r in client.logged("fail", mark_rec)] == [1006], client.summary()
             assert all(r["recovered"] for r in client.logged("subscribed", mark_rec))
+
+
+# -- 9 ------------------------------------------------------------------------------------------------
+
+
+async def test_a_stalled_server_is_detected_by_the_client_watchdog_which_redials_and_resumes(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        async with running(server, token_for(settings, "alice")) as client:
+            await until_live(client)
+            await until_subscribed(client, 0)
+            mark_rec = len(client.records)
+            # the server's event loop stops (a stalled process; to the client, a silent half-open socket)
+            # until the test has seen the client give up on it
+            unfreeze = threading.Event()
+            assert server.loop is not None
+            server.loop.call_soon_threadsafe(unfreeze.wait, WAIT_S)
+            try:
+                [fail] = await wait_until(lambda: client.logged("fail", mark_rec), "the client's watchdog",
+                                          detail=client.summary)
+            finally:
+                unfreeze.set()
+            assert fail["reason"] == "heartbeat timeout" and fail["from"] == "live"
+            deadline = settings.heartbeat_interval_ms * settings.heartbeat_misses + settings.heartbeat_interval_ms
+            assert fail["sinceLastMessageMs"] >= deadline  # heartbeat x misses + grace, never earlier
+            assert [c[2] for _, c in client.commands if c[0] == "close"] == [4101]
+            await until_live(client)
+            reply = await until_subscribed(client, mark_rec)
+            assert reply["recovered"] is True
+            await server.publish("apollo", "story.created", {})
+            await wait_until(lambda: client.events, "a live event after the resume")
+            assert client.rt.stats["duplicates"] == 0 and client.rt.stats["reconnects"] == 1

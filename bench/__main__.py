@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and clients to CPU 1")
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
     parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
+    parser.add_argument("--variant", help="storm: bench.variants experiments for the server, e.g. redispool")
     parser.add_argument("--runs", type=int, help="browser: runs per cell")
     parser.add_argument("--out", help="result file name (default: fanout.json, storm.json or storm-term.json, "
                                       "browser.json, profile.json)")
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             scfg.clients = args.clients
         if args.kill:
             scfg.kill = args.kill
+        if args.variant:
+            scfg.variant = args.variant
         if scfg.kill == "term":
             scfg.out = prefix + "storm-term.json"
         if args.out:

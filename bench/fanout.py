@@ -236,16 +236,20 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
     env = server_env(tmp / f"{kind}-{n}-{rep}")  # a fresh database (and demo seeding) for every run
     Path(env["DASHBOARD_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
     log = RAW / f"server-{cfg.tag}-{kind}-{n}.log"
+    # kind = "bare" | "app" | "app-<part>-<part>…": part "redis" selects the Redis bus (publish goes through Redis
+    # Streams and back), any other part names a bench.variants experiment (e.g. app-lean-direct, app-redis-redispool)
+    parts = kind.split("-")[1:]
+    variants = [p for p in parts if p != "redis"]
     redis = None
-    if kind == "app-redis":  # our server with the Redis bus: publish goes through Redis Streams and back
+    if "redis" in parts:
         redis = Redis(tmp)
         env["DASHBOARD_BUS_URL"] = redis.url
     server_cpus = {0} if cfg.pin else None
     gen_cpus = {1} if cfg.pin and (os.cpu_count() or 1) > 1 else None
     server_kind = "bare" if kind == "bare" else "app"
     args = [PYTHON, "-m", "bench.server", "--kind", server_kind, "--port", str(port)]
-    if kind.startswith("app-") and kind != "app-redis":  # app-direct, app-lean-direct: bench.variants experiments
-        args += ["--variant", ",".join(kind.removeprefix("app-").split("-"))]
+    if variants:
+        args += ["--variant", ",".join(variants)]
     child = Child(args, env=env, log=log, cpus=server_cpus)
     gens: list[LoadGenProc] = []
     result: dict[str, Any] = {"n": n, "kind": kind, "port": port}

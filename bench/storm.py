@@ -52,6 +52,7 @@ class StormConfig:
     after: int = 20
     project: str = "apollo"
     bus: str = "redis"
+    variant: str = ""  # bench.variants experiments for the server, comma-separated (e.g. "redispool")
     out: str = "storm.json"
     tag: str = "full"
 
@@ -146,6 +147,8 @@ async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
     if redis:
         env["DASHBOARD_BUS_URL"] = redis.url
     args = [PYTHON, "-m", "bench.server", "--kind", "app", "--port", str(port)]
+    if cfg.variant:
+        args += ["--variant", cfg.variant]
     log = RAW / f"server-storm-{cfg.tag}-{mode}.log"
     servers: list[Child] = []
     workers: list[WorkerProc] = []

@@ -9,6 +9,9 @@ the running process only.
 task that waited for `outbox.closing` (and the `asyncio.Event` itself) with a flag that calls back. The writer
 task stays. Not handled: the CLOSE_TIMEOUT_S guard cancels the endpoint's task instead of a child task.
 
+`redispool`: `RedisBus` gets a `BlockingConnectionPool` (callers wait for a free connection) instead of
+redis-py's default pool, which raises `MaxConnectionsError` beyond 100 concurrent commands.
+
 `direct`: the fast path proposed in docs/performance.md. For each event, subscribers whose outbox is empty and
 whose writer task is parked get the frame from ONE sender task per event (`await ws.send_text(frame)` in a loop,
 like the bare endpoint) instead of waking one writer task per subscriber. Clients that are behind still go
@@ -181,4 +184,20 @@ def install_lean_connection() -> None:
     endpoint._Connection.run = run  # type: ignore[method-assign]
 
 
-VARIANTS = {"direct": install_direct_fanout, "lean": install_lean_connection}
+def install_blocking_redis_pool() -> None:
+    import types
+
+    import redis.asyncio as aioredis
+
+    from backend.bus import redis as busredis
+
+    def from_url(url: str, **kwargs: Any) -> Any:
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=100, timeout=20, **kwargs)
+        return aioredis.Redis(connection_pool=pool)
+
+    proxy = types.SimpleNamespace(**{k: getattr(aioredis, k) for k in dir(aioredis) if not k.startswith("__")})
+    proxy.from_url = from_url
+    busredis.aioredis = proxy  # type: ignore[assignment]
+
+
+VARIANTS = {"direct": install_direct_fanout, "lean": install_lean_connection, "redispool": install_blocking_redis_pool}

@@ -101,10 +101,12 @@ class ContractClient(HeadlessClient):
         self.muted: set[str] = set()  # client actions the adapter swallows instead of sending (e.g. "pong")
 
     @classmethod
-    async def create(cls, server: LiveServer, token: str, project: str = "apollo", **client_keys: Any) -> ContractClient:
+    async def create(cls, server: LiveServer, token: str, project: str = "apollo",
+                     **client_keys: Any) -> ContractClient:
         config = await client_config(server.http, **client_keys)
         http = httpx.AsyncClient(base_url=server.http, timeout=WAIT_S, trust_env=False)
-        cfg = {"token": token, "config": config, "seed": random.randrange(1 << 30), "url": server.url, "project": project}
+        cfg = {"token": token, "config": config, "seed": random.randrange(1 << 30), "url": server.url,
+               "project": project}
         return cls(cfg, http)
 
     # -- recordings -------------------------------------------------------------------------------
@@ -216,6 +218,10 @@ class ContractClient(HeadlessClient):
             if entry is None or entry.state != "success" or entry.stale or entry.fetching:
                 return False
         return True
+
+    async def until(self, predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+        """`wait_until` with this client's status, stats and last records in the failure message."""
+        return await wait_until(predicate, what, timeout, detail=self.summary)
 
     def input(self, fn: Callable[..., Any], *args: Any) -> None:
         """Call a runtime input with `now`, then run its commands (e.g. `client.input(client.rt.retry_now)`)."""

@@ -110,15 +110,14 @@ def other_status(status: str) -> str:
 
 
 async def until_live(client: ContractClient) -> None:
-    await wait_until(lambda: client.state == "live", "the client to be live", detail=client.summary)
+    await client.until(lambda: client.state == "live", "the client to be live")
 
 
 async def until_subscribed(client: ContractClient, since_record: int, project: str = "apollo") -> dict[str, Any]:
     """The first `subscribed` telemetry record for `project` after record index `since_record`."""
-    records = await wait_until(
+    records = await client.until(
         lambda: [r for r in client.logged("subscribed", since_record) if r.get("projectId") == project],
-        f"a subscribed reply for {project}", detail=client.summary,
-    )
+        f"a subscribed reply for {project}")
     return records[0]
 
 
@@ -148,7 +147,7 @@ async def test_live_rest_load_then_a_change_by_another_client_arrives_and_update
             assert first["recovered"] is None  # first subscribe: no `since` yet
 
             client.watch(STORIES)
-            await wait_until(lambda: client.settled(STORIES), "the stories query to load", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES), "the stories query to load")
             assert client.fetches() == ["/api/projects/apollo/stories"]
             truth = await rest(server, alice, "GET", "/api/projects/apollo/stories")
             assert client.entry(STORIES).data == truth
@@ -163,8 +162,8 @@ async def test_live_rest_load_then_a_change_by_another_client_arrives_and_update
             assert changed[0]["own"] is False
             assert changed[0]["data"]["storyId"] == story["id"] and changed[0]["data"]["to"] == target
             assert changed[0]["data"]["clientMutationId"] == "carol-1"
-            await wait_until(lambda: client.settled(STORIES) and status_of(client.entry(STORIES).data, story["id"]) == target,
-                             "the cached story to show the change", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES) and status_of(client.entry(STORIES).data, story["id"])
+                               == target, "the cached story to show the change")
             assert client.entry(STORIES).data == await rest(server, alice, "GET", "/api/projects/apollo/stories")
 
             # our own mutation: optimistic at once, then the server's echo is recognised as ours
@@ -178,7 +177,7 @@ async def test_live_rest_load_then_a_change_by_another_client_arrives_and_update
             await wait_until(lambda: settled and [e for e in client.events if e.get("own")][echoes:], "answer and echo")
             assert settled[0]["ok"] is True and settled[0]["status"] == 200
             assert client.rt.stats["echoes"] == 1
-            await wait_until(lambda: client.settled(STORIES), "the stories to settle", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES), "the stories to settle")
             assert client.entry(STORIES).data == await rest(server, alice, "GET", "/api/projects/apollo/stories")
             assert client.rt.stats["drops"] == 0 and client.rt.stats["duplicates"] == 0
 
@@ -196,18 +195,18 @@ async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without
             await until_subscribed(client, 0)
             await server.publish_many("apollo", 2, "escalation.created")
             await wait_until(lambda: len(client.events) == 2, "two live events")
-            await wait_until(lambda: client.settled(STORIES, PROJECT, PROJECTS), "the watched queries", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES, PROJECT, PROJECTS), "the watched queries")
             epoch, seq = client.events[-1]["epoch"], client.events[-1]["seq"]
             fetches_before = len(client.fetches())
 
             client.hold_dials()
             mark_cmd, mark_rec, seen = len(client.commands), len(client.records), len(client.events)
             client.drop()
-            await wait_until(lambda: client.state == "reconnecting", "the client to notice the drop", detail=client.summary)
+            await client.until(lambda: client.state == "reconnecting", "the client to notice the drop")
             await wait_until(lambda: server.app.state.hub.connection_count == 0, "the server to notice the drop")
             published = await server.publish_many("apollo", 50, "escalation.created")
             assert [e.seq for e in published] == list(range(seq + 1, seq + 51))
-            await wait_until(lambda: client.opens()[1:], "the client to redial by itself", detail=client.summary)
+            await client.until(lambda: client.opens()[1:], "the client to redial by itself")
             client.release_dials()
 
             reply = await until_subscribed(client, mark_rec)
@@ -237,13 +236,13 @@ async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_not
             await until_live(client)
             client.watch(STORIES)
             start = (await until_subscribed(client, 0))["seq"]
-            await wait_until(lambda: client.settled(STORIES), "the stories", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES), "the stories")
             client.hold_dials()
             mark_cmd, mark_rec = len(client.commands), len(client.records)
             client.drop()
-            await wait_until(lambda: client.state == "reconnecting", "the client to notice the drop", detail=client.summary)
+            await client.until(lambda: client.state == "reconnecting", "the client to notice the drop")
             await server.publish_many("apollo", 50, "escalation.created")
-            await wait_until(lambda: client.opens()[1:], "the client to redial", detail=client.summary)
+            await client.until(lambda: client.opens()[1:], "the client to redial")
             client.release_dials()
             # publish one event at a time while the client dials, resubscribes and replays; stop 10 events after
             # its `subscribed` arrived, so the replay/live boundary is crossed with events in flight
@@ -254,7 +253,7 @@ async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_not
                 published += 1
                 if client.logged("subscribed", mark_rec):
                     after_reply += 1
-            await wait_until(lambda: len(client.events) == published, "every event", detail=client.summary)
+            await client.until(lambda: len(client.events) == published, "every event")
             assert [e["seq"] for e in client.events] == list(range(start + 1, start + 1 + published))
             assert [e["data"]["n"] for e in client.events[50:]] == list(range(50, published))
             reply = client.logged("subscribed", mark_rec)[0]
@@ -267,7 +266,8 @@ async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_not
 # -- 3 ------------------------------------------------------------------------------------------------
 
 
-async def test_restart_with_in_process_bus_is_not_recovered_and_refetches_that_projects_watched_queries(tmp_path: Path) -> None:
+async def test_restart_with_in_process_bus_is_unrecovered_and_refetches_that_projects_watched_queries(
+        tmp_path: Path) -> None:
     settings = settings_for_tests()
     db = tmp_path / "db.sqlite"
     first = ContractServer(settings, db).start()
@@ -280,30 +280,32 @@ async def test_restart_with_in_process_bus_is_not_recovered_and_refetches_that_p
             client.watch(STORIES)
             client.watch(PROJECT)
             unwatch = client.watch(ESCALATIONS)
-            await wait_until(lambda: client.settled(STORIES, PROJECT, ESCALATIONS), "the queries", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES, PROJECT, ESCALATIONS), "the queries")
             unwatch()  # stays cached, no longer watched: must not be refetched
             stories = client.entry(STORIES).data
-            await rest(first, carol, "PATCH", f"/api/stories/{stories[0]['id']}", json={"status": other_status(stories[0]["status"])})
+            first_move = {"status": other_status(stories[0]["status"])}
+            await rest(first, carol, "PATCH", f"/api/stories/{stories[0]['id']}", json=first_move)
             await wait_until(lambda: len(client.events) == 2, "story.status.changed + project.updated")
-            await wait_until(lambda: client.settled(STORIES, PROJECT), "the refetch after the events", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES, PROJECT), "the refetch after the events")
             epoch, seq = client.events[-1]["epoch"], client.events[-1]["seq"]
 
             client.hold_dials()
             mark_cmd, mark_rec = len(client.commands), len(client.records)
             port = first.port
             first.stop()
-            await wait_until(lambda: client.state == "reconnecting", "the client to notice the restart", detail=client.summary)
+            await client.until(lambda: client.state == "reconnecting", "the client to notice the restart")
             second = ContractServer(settings, db, port=port).start()
             moved = stories[1]
             target = other_status(moved["status"])
-            await rest(second, carol, "PATCH", f"/api/stories/{moved['id']}", json={"status": target})  # while the client is away
+            # a change while the client is away: only a refetch can bring it
+            await rest(second, carol, "PATCH", f"/api/stories/{moved['id']}", json={"status": target})
             client.release_dials()
 
             reply = await until_subscribed(client, mark_rec)
             assert reply["recovered"] is False
             assert subscribes_sent(client, mark_cmd)[0]["since"] == {"epoch": epoch, "seq": seq}
             assert client.rt.subscriptions.get("apollo").epoch != epoch  # the new server's epoch
-            await wait_until(lambda: client.settled(STORIES, PROJECT), "the refetch", detail=client.summary)
+            await client.until(lambda: client.settled(STORIES, PROJECT), "the refetch")
             assert sorted(client.fetches(mark_cmd)) == ["/api/projects/apollo", "/api/projects/apollo/stories"]
             assert client.entry(ESCALATIONS).stale  # invalidated, but unwatched: left for the next watch
             assert client.rt.stats["unrecovered"] == 1
@@ -330,7 +332,7 @@ async def test_expired_token_means_auth_required_and_no_more_dials(tmp_path: Pat
             await until_live(expiring)
             await until_subscribed(expiring, 0)
             for client in (refused, expiring):
-                await wait_until(lambda c=client: c.state == "auth-required", "auth-required", detail=client.summary)
+                await client.until(lambda c=client: c.state == "auth-required", "auth-required")
                 assert client.rt.status["closeCode"] == 4401
                 assert len(client.opens()) == 1
             assert [r["reason"] for r in refused.logged("server-error")] == ["Authentication failed: token expired"]
@@ -364,7 +366,7 @@ async def test_sigterm_drain_sends_restart_and_1012_and_the_client_redials_insid
             client.hold_dials()
             mark_rec, dials = len(client.records), len(client.opens())
             first.sigterm()  # what uvicorn does on SIGTERM: DashboardServer drains the hub first
-            await wait_until(lambda: client.logged("fail", mark_rec), "the drain to close the socket", detail=client.summary)
+            await client.until(lambda: client.logged("fail", mark_rec), "the drain to close the socket")
             [hint] = client.logged("restart-hint", mark_rec)
             assert hint["delayMs"] == settings.restart_window_ms
             [fail] = client.logged("fail", mark_rec)
@@ -405,8 +407,7 @@ async def test_heartbeat_pings_are_answered_so_an_idle_connection_survives(tmp_p
                 return [json_of(c) for _, c in client.commands[mark_cmd:] if c[0] == "send"]
 
             # 8 answered pings span 8 intervals: well past the server's 3-interval and the client's own deadline
-            await wait_until(lambda: len(sent_since_mark()) >= 8 or client.rt.stats["drops"], "eight pings answered",
-                             detail=client.summary)
+            await client.until(lambda: len(sent_since_mark()) >= 8 or client.rt.stats["drops"], "eight pings answered")
             assert client.state == "live" and client.rt.stats["drops"] == 0 and client.rt.stats["connects"] == 1
             assert all(m == {"action": "pong"} for m in sent_since_mark())  # no other client traffic
             assert server.metric("websocket_heartbeat_failures_total") == 0
@@ -415,7 +416,7 @@ async def test_heartbeat_pings_are_answered_so_an_idle_connection_survives(tmp_p
             # control: the same client with its pongs withheld is closed 4000 and then resumes with `since`
             mark_rec = len(client.records)
             client.muted.add("pong")
-            fail = await wait_until(lambda: client.logged("fail", mark_rec), "the server's heartbeat timeout", detail=client.summary)
+            fail = await client.until(lambda: client.logged("fail", mark_rec), "the server's heartbeat timeout")
             assert fail[0]["closeCode"] == 4000
             client.muted.clear()
             await until_live(client)
@@ -437,9 +438,9 @@ async def test_a_project_the_user_is_not_a_member_of_is_refused_without_harming_
             received: list[dict[str, Any]] = []
             client.rt.subscribe("cassini", received.append)
             client.watch(foreign)
-            await wait_until(lambda: client.entry(foreign).state == "error", "the REST 403", detail=client.summary)
+            await client.until(lambda: client.entry(foreign).state == "error", "the REST 403")
             assert client.entry(foreign).error.startswith("forbidden")
-            [refusal] = await wait_until(lambda: client.logged("server-error"), "the forbidden reply", detail=client.summary)
+            [refusal] = await client.until(lambda: client.logged("server-error"), "the forbidden reply")
             assert refusal["projectId"] == "cassini" and refusal["reason"].startswith("forbidden")
             await server.publish("cassini", "story.created", {})
             await server.publish("apollo", "story.created", {})
@@ -468,11 +469,11 @@ async def test_a_user_with_the_maximum_number_of_subscriptions_can_subscribe_and
             def answered(since: int) -> bool:
                 return len(client.logged("subscribed", since)) == len(projects) or bool(client.logged("fail", since))
 
-            await wait_until(lambda: answered(0), "every subscription answered", detail=client.summary)
+            await client.until(lambda: answered(0), "every subscription answered")
             assert client.logged("fail") == [], client.summary()
             mark_rec = len(client.records)
             client.drop()
-            await wait_until(lambda: answered(mark_rec), "every subscription resumed", detail=client.summary)
+            await client.until(lambda: answered(mark_rec), "every subscription resumed")
             assert [r["closeCode"] for r in client.logged("fail", mark_rec)] == [1006], client.summary()
             assert all(r["recovered"] for r in client.logged("subscribed", mark_rec))
 
@@ -493,8 +494,7 @@ async def test_a_stalled_server_is_detected_by_the_client_watchdog_which_redials
             assert server.loop is not None
             server.loop.call_soon_threadsafe(unfreeze.wait, WAIT_S)
             try:
-                [fail] = await wait_until(lambda: client.logged("fail", mark_rec), "the client's watchdog",
-                                          detail=client.summary)
+                [fail] = await client.until(lambda: client.logged("fail", mark_rec), "the client's watchdog")
             finally:
                 unfreeze.set()
             assert fail["reason"] == "heartbeat timeout" and fail["from"] == "live"

@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             scfg.kill = args.kill
         if args.variant:
             scfg.variant = args.variant
-        if scfg.kill == "term":
-            scfg.out = prefix + "storm-term.json"
+        if scfg.kill == "term" or scfg.variant:
+            scfg.out = prefix + "storm" + ("-term" if scfg.kill == "term" else "") + \
+                ("-" + scfg.variant.replace(",", "-") if scfg.variant else "") + ".json"
         if args.out:
             scfg.out = prefix + args.out
         run_storm(scfg)

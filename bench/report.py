@@ -178,10 +178,11 @@ def plot_fanout(data: dict[str, Any], d: Path) -> None:
 # -- storm -----------------------------------------------------------------------------------------
 
 
-def storm_md(data: dict[str, Any], img: str) -> list[str]:
+def storm_md(data: dict[str, Any], img: str, stem: str = "storm") -> list[str]:
     s = data["settings"]
     term = s["kill"] == "term"
-    out = ["### Reconnect storm" + (" (SIGTERM: restart hint + 1012)" if term else " (SIGKILL)"), ""]
+    variant = f", server experiment `{s['variant']}`" if s.get("variant") else ""
+    out = ["### Reconnect storm" + (" (SIGTERM: restart hint + 1012" if term else " (SIGKILL") + variant + ")", ""]
     out += machine_lines(data)
     out.append(f"- {s['clients']} headless clients running the real client core (`client.runtime.Runtime`) in "
                f"{s['workers']} processes, bus `{s['bus']}`; server {'SIGKILL' if s['kill'] == 'kill' else 'SIGTERM'}, "
@@ -211,7 +212,7 @@ def storm_md(data: dict[str, Any], img: str) -> list[str]:
     out.append(f"- Peak (jitter / seed): {_f(v.get('peak_ratio'), 2)}, target ≤ 0.25: {_ok(v.get('peak_ok'))}.")
     out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
                f"{_ok(v.get('lost_ok'))}.")
-    out += ["", f"![storm]({img}{'storm-term' if term else 'storm'}.png)", ""]
+    out += ["", f"![storm]({img}{stem}.png)", ""]
     return out
 
 
@@ -366,25 +367,27 @@ def profile_md(data: dict[str, Any], rel: str) -> list[str]:
 
 def write(d: Path = RESULTS, docs: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    fan, storm, browser, prof = (_load(d, "fanout.json"), _load(d, "storm.json"), _load(d, "browser.json"),
-                                 _load(d, "profile.json"))
-    storm_term, fan_redis = _load(d, "storm-term.json"), _load(d, "fanout-redis.json")
-    fan_variants = _load(d, "fanout-variants.json")
+    fan, browser, prof = _load(d, "fanout.json"), _load(d, "browser.json"), _load(d, "profile.json")
+    fan_redis, fan_variants = _load(d, "fanout-redis.json"), _load(d, "fanout-variants.json")
+    storms = [(p.stem, _load(d, p.name)) for p in sorted(d.glob("storm*.json"))]
     sections: list[list[str]] = []
-    for data, md, plot in ((fan, fanout_md, plot_fanout), (storm, storm_md, plot_storm),
-                           (storm_term, storm_md, plot_storm), (browser, browser_md, plot_browser)):
+    for data, md, plot in ((fan, fanout_md, plot_fanout), (browser, browser_md, plot_browser)):
         if data is None:
             continue
         try:
-            if data is storm_term:
-                plot_storm(data, d, "storm-term.png")
-            else:
-                plot(data, d)
+            plot(data, d)
         except Exception as exc:  # noqa: BLE001 - a plot problem must not lose the tables
             print(f"   plot failed: {exc!r}")
         sections.append(md(data, ""))
         if data is fan:
             sections.append(memory_md(fan, ""))
+    for stem, data in storms:
+        assert data is not None
+        try:
+            plot_storm(data, d, stem + ".png")
+        except Exception as exc:  # noqa: BLE001
+            print(f"   plot failed: {exc!r}")
+        sections.insert(2 if fan else 0, storm_md(data, "", stem))
     if fan_variants is not None:
         sections.append(variants_md(fan_variants))
     if fan_redis is not None:
@@ -398,11 +401,12 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     if docs and DOC.exists():
         rel = "../" + str(d.relative_to(ROOT)) + "/"
         doc_body = []
-        for data, md in ((fan, fanout_md), (storm, storm_md), (storm_term, storm_md), (browser, browser_md)):
-            if data is not None:
-                doc_body += md(data, rel)
-                if data is fan:
-                    doc_body += memory_md(fan, rel)
+        if fan is not None:
+            doc_body += fanout_md(fan, rel) + memory_md(fan, rel)
+        for stem, data in storms:
+            doc_body += storm_md(data, rel, stem)  # type: ignore[arg-type]
+        if browser is not None:
+            doc_body += browser_md(browser, rel)
         if fan_variants is not None:
             doc_body += variants_md(fan_variants)
         if fan_redis is not None:

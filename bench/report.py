@@ -275,6 +275,11 @@ def browser_md(data: dict[str, Any], img: str) -> list[str]:
     out.append("")
     out.append(f"- MicroPython cold < 600 ms: {_ok(v.get('under_600_ok'))}; within 4× the JS floor: "
                f"{_ok(v.get('within_4x_ok'))} (ratio {_f(v.get('ratio_to_floor'), 1)}).")
+    if v.get("micropython_floor_cold_ms") and v.get("micropython_cold_ms"):
+        out.append(f"- Of the MicroPython page's cold {_f(v['micropython_cold_ms'], 0)} ms, PyScript + MicroPython alone "
+                   f"take {_f(v['micropython_floor_cold_ms'], 0)} ms (`micropython-floor`); the rest, "
+                   f"{_f(v['micropython_cold_ms'] - v['micropython_floor_cold_ms'], 0)} ms, is the dashboard's own "
+                   "start-up (its Python files, imports, REST calls, socket, rendering).")
     out += ["", f"![browser]({img}browser.png)", ""]
     return out
 

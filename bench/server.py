@@ -6,7 +6,8 @@ Run `python -m bench.server --kind app|bare --port P`. Both kinds get the bench-
   `{"cmd":"publish","n":N,"rate":R,"project":"apollo","start":K}` publishes N numbered events at R per
   second (R=0: back to back) and replies when done; `{"cmd":"rss"}`; `{"cmd":"profile","action":"start"|"stop",
   "path":...}` (pyinstrument, in process).
-- `GET /bench/floor.html`: the plain JavaScript page used as the browser floor (app kind).
+- `GET /bench/pages/…`: the browser floors (app kind): `floor.html` (plain JavaScript doing what the dashboard
+  page does), `floor-micropython.html` / `floor-pyodide.html` (PyScript + interpreter and nothing else).
 - `GET /bench/ready`: 200 once the app has started.
 
 `app` is `backend.app.create_app(Settings.from_env())` and publishes through `app.state.bus.publish`.
@@ -31,8 +32,9 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bench.env import raise_nofile
@@ -171,12 +173,9 @@ def bench_routes(publisher: Publisher, *, floor: bool) -> list[Any]:
     async def ready(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    async def floor_page(request: Request) -> Response:
-        return FileResponse(HERE / "floor.html", headers={"Cache-Control": "no-cache"})
-
     routes: list[Any] = [WebSocketRoute("/bench/control", control), Route("/bench/ready", ready)]
     if floor:
-        routes.append(Route("/bench/floor.html", floor_page))
+        routes.append(Mount("/bench/pages", app=StaticFiles(directory=HERE / "pages"), name="bench-pages"))
     return routes
 
 

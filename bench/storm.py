@@ -280,7 +280,9 @@ def _analyse(collected: list[dict[str, Any]], t_kill: float, t_dead: float, t_re
             codes[k] = codes.get(k, 0) + v
     stats_keys = ("duplicates", "gaps", "epochChanges", "unrecovered", "recovered", "reconnects", "failedAttempts")
     stats = {k: sum(int(x["stats"].get(k, 0) or 0) for x in clients) for k in stats_keys}
-    t99 = _pct(back, 99) if never <= len(clients) * 0.01 else None
+    everyone = back + [math.inf] * never  # a client that never came back counts as infinitely late
+    t99 = _pct(everyone, 99)
+    t99 = None if t99 is None or math.isinf(t99) else t99
     t100 = max(back) if back and never == 0 else None
     return {
         "dials_after_kill": len(dials),
@@ -290,7 +292,7 @@ def _analyse(collected: list[dict[str, Any]], t_kill: float, t_dead: float, t_re
         "peak_handshakes_per_100ms": max(hs_bins) if handshakes else 0,
         "dial_bins": dial_bins,
         "handshake_bins": hs_bins,
-        "t50_s": _pct(back, 50),
+        "t50_s": (lambda v: None if v is None or math.isinf(v) else v)(_pct(everyone, 50)),
         "t99_s": t99,
         "t100_s": t100,
         "t99_after_ready_s": (t99 - (t_up - t_kill)) if t99 is not None else None,

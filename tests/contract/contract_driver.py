@@ -11,6 +11,8 @@ ContractClient.create(server, token, project)` inside the test's event loop, `st
 
 `ContractServer` is the in-process uvicorn of the real-time tests (`realtime_harness.LiveServer`) on a
 chosen port and an SQLite file, so a "restart" is a second server on the same address and data.
+`FlakyBus` is the in-process bus with a switch that makes it unreachable (`down = True`), as a Redis
+outage looks to the hub.
 
 `wait_until(predicate, what)` polls with a deadline; `quiet_for(predicate, seconds)` checks that
 something does NOT happen during a bounded observation window.
@@ -30,6 +32,8 @@ import httpx
 from realtime_harness import LiveServer
 from websockets.asyncio.client import ClientConnection
 
+from backend.bus import Event, EventBus
+from backend.bus.memory import MemoryBus
 from backend.cli import DashboardServer, uvicorn_config
 from backend.demo import seed_if_empty
 from backend.settings import Settings
@@ -43,14 +47,30 @@ POLL_S = 0.01
 class ContractServer(LiveServer):
     """`LiveServer` on `port` (default: a free one) with its data in the SQLite file `db` (demo data seeded once)."""
 
-    def __init__(self, settings: Settings, db: Path, port: int | None = None) -> None:
+    def __init__(self, settings: Settings, db: Path, port: int | None = None, bus: EventBus | None = None) -> None:
         store = Store(str(db))
         store.open()
         seed_if_empty(store)
-        super().__init__(settings, store=store)
+        super().__init__(settings, store=store, bus=bus)
         if port is not None:
             self.port = port
             self.server = DashboardServer(uvicorn_config(self.app, settings, "127.0.0.1", port))
+
+
+class FlakyBus(MemoryBus):
+    """`MemoryBus` whose history reads fail while `down` is set (subscribes then answer `unavailable`)."""
+
+    down = False
+
+    async def position(self, project_id: str) -> tuple[str, int]:
+        if self.down:
+            raise ConnectionError("event bus down")
+        return await super().position(project_id)
+
+    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
+        if self.down:
+            raise ConnectionError("event bus down")
+        return await super().replay(project_id, epoch, seq)
 
 
 async def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S,

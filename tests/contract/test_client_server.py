@@ -27,8 +27,10 @@ an aborted TCP connection, a stopped and restarted server, a frozen server loop)
 Also: a resume while the publisher keeps publishing crosses the replay/live boundary without loss or
 repeat; a project the user is not a member of is refused (REST 403, `forbidden`) without harming the
 connection; a stalled server (silent socket) is found by the client's watchdog, no earlier than
-heartbeat x misses + grace, closed 4101, redialled and resumed; and (strict xfail, a known bug) a user
-holding the maximum number of subscriptions is rate-limited (4429) by its own subscribe burst. Every
+heartbeat x misses + grace, closed 4101, redialled and resumed. Two known bugs are kept as strict
+xfails (they turn into failures once fixed, so the marker gets removed): a user holding the maximum
+number of subscriptions is rate-limited (4429) by its own subscribe burst, and a subscribe answered
+`unavailable` (bus down) is never retried while the socket stays up. Every
 client must also end without a rejected frame, an unparsable frame, a failing handler or a token in
 its telemetry.
 """
@@ -44,7 +46,7 @@ from typing import Any
 
 import httpx
 import pytest
-from contract_driver import WAIT_S, ContractClient, ContractServer, quiet_for, wait_until
+from contract_driver import WAIT_S, ContractClient, ContractServer, FlakyBus, quiet_for, wait_until
 from realtime_harness import make_settings, set_members, token_for
 
 from backend.auth import issue_token
@@ -507,3 +509,30 @@ async def test_a_stalled_server_is_detected_by_the_client_watchdog_which_redials
             await server.publish("apollo", "story.created", {})
             await wait_until(lambda: client.events, "a live event after the resume")
             assert client.rt.stats["duplicates"] == 0 and client.rt.stats["reconnects"] == 1
+
+
+# -- 10 -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: the client never retries a subscribe answered `unavailable` "
+                   "while its socket stays up, so the project gets no events until the next reconnect")
+async def test_a_subscribe_refused_while_the_bus_is_down_is_retried_once_it_is_back(tmp_path: Path) -> None:
+    settings = settings_for_tests()
+    bus = FlakyBus(settings)
+    with ContractServer(settings, tmp_path / "db.sqlite", bus=bus) as server:
+        async with running(server, token_for(settings, "alice"), server_errors=True) as client:
+            await until_live(client)
+            await until_subscribed(client, 0)
+            received: list[dict[str, Any]] = []
+            bus.down = True  # e.g. Redis unreachable while the user opens another project
+            client.input(lambda now: client.rt.subscribe("borealis", received.append, now))
+            [refusal] = await client.until(lambda: client.logged("server-error"), "the unavailable reply")
+            assert refusal["reason"].startswith("unavailable")
+            bus.down = False  # the bus is back; the protocol says "retry later"
+            mark_rec = len(client.records)
+            # a few reconnect periods: time enough for any reasonable retry schedule of this client
+            await wait_until(lambda: client.logged("subscribed", mark_rec), "a retried subscribe",
+                             timeout=5 * settings.reconnect_max_ms / 1000, detail=client.summary)
+            await server.publish("borealis", "story.created", {})
+            await client.until(lambda: received, "the borealis event")
+            assert client.state == "live" and client.rt.stats["drops"] == 0

@@ -1,0 +1,255 @@
+"""Zero-loss resume in the browser: a gap the server still holds is replayed, a lost history is refetched.
+
+1. Offline gap: the page goes offline (`context.set_offline`), another client makes eight events' worth of
+   changes over REST, the page comes back. It resubscribes with `since`, the server replays exactly
+   the missed events (`recovered: true`), and the board shows every change while every REST request
+   the page makes after reconnecting is still held unanswered (`page.route`): the data came from the
+   replay, not from a refetch. The event log gains one entry per missed event, none twice.
+2. Server restart with the in-process bus: history and epoch are gone, so the resume is refused
+   (`recovered: false`), nothing is replayed, and the page refetches the project over REST; changes
+   made while it was away show up through that refetch, and live events continue from the new head.
+
+Every change through `backend.changes` publishes two events (the change, then `project.updated`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Locator, Page, Route, expect
+
+from .pages import UI_TIMEOUT_MS, events, login_live, status, story
+
+STATUSES = ["todo", "in_progress", "review", "done", "blocked"]
+EVENTS_PER_CHANGE = 2  # the change itself, then `project.updated` (backend/changes.py)
+QUIET_MS = 1000  # > 3 x the client's 250 ms invalidation window: no refetch can still be on its way
+STORIES = "/api/projects/apollo/stories"
+ESCALATIONS = "/api/projects/apollo/escalations"
+PROJECTS = "/api/projects"
+
+
+class ApiTraffic:
+    """The page's REST requests (`/api/...`) in the order they started, and those still in flight."""
+
+    def __init__(self, page: Page) -> None:
+        self.started: list[tuple[str, str]] = []
+        self.in_flight: set = set()
+        self.last_activity = time.monotonic()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _started(self, request) -> None:
+        path = urlsplit(request.url).path
+        if path.startswith("/api/"):
+            self.started.append((request.method, path))
+            self.in_flight.add(request)
+            self.last_activity = time.monotonic()
+
+    def _ended(self, request) -> None:
+        if request in self.in_flight:
+            self.in_flight.discard(request)
+            self.last_activity = time.monotonic()
+
+    def mark(self) -> int:
+        return len(self.started)
+
+    def gets_since(self, mark: int) -> list[str]:
+        return [path for method, path in self.started[mark:] if method == "GET"]
+
+    def wait_quiet(self, page: Page, timeout_ms: int = UI_TIMEOUT_MS, held: bool = False) -> None:
+        """Wait until no REST request is in flight (unless `held`: they are being held on purpose) and
+        none started or ended for `QUIET_MS`.
+
+        Used before a fault, so that no fetch of the page is cut by it (a fetch that fails is
+        legitimately retried when the link is back and would blur what the resume itself caused), and
+        to let every coalesced refetch be issued before the requests are counted."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while time.monotonic() < deadline:
+            if (held or not self.in_flight) and time.monotonic() - self.last_activity >= QUIET_MS / 1000:
+                return
+            page.wait_for_timeout(50)
+        raise AssertionError(f"the page's REST traffic did not settle: {self.started[-10:]}, {len(self.in_flight)} in flight")
+
+
+def ws_records(lines: list[str], event: str, start: int = 0) -> list[dict]:
+    """Parsed `[WebSocket] <event> {...}` console records, from line index `start` on."""
+    prefix = "[WebSocket] " + event + " "
+    return [json.loads(line[len(prefix) :]) for line in lines[start:] if line.startswith(prefix)]
+
+
+def wait_for_subscribed(page: Page, lines: list[str], project_ids, start: int = 0, timeout_ms: int = UI_TIMEOUT_MS) -> dict:
+    """Wait for one `subscribed` record per project (logged from console line `start` on); {project: record}."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        found = {r["projectId"]: r for r in ws_records(lines, "subscribed", start)}
+        if all(pid in found for pid in project_ids):
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no `subscribed` record for {set(project_ids) - set(found)}; records: {found}")
+        page.wait_for_timeout(50)
+
+
+def logged_events(page: Page) -> list[tuple[str, str, int]]:
+    """(event type, project, seq) of every event-log entry, oldest first."""
+    items = events(page).evaluate_all("els => els.map(e => [e.dataset.eventType, e.dataset.projectId, e.dataset.seq])")
+    return [(kind, pid, int(seq)) for kind, pid, seq in reversed(items)]
+
+
+def escalation(page: Page, escalation_id) -> Locator:
+    return page.locator(f'[data-testid="escalation"][data-escalation-id="{escalation_id}"]')
+
+
+def next_status(current: str) -> str:
+    return STATUSES[(STATUSES.index(current) + 1) % len(STATUSES)]
+
+
+def alice_projects(api) -> list[str]:
+    response = api.client.get("/api/projects")
+    response.raise_for_status()
+    return [project["id"] for project in response.json()]
+
+
+def test_offline_gap_is_replayed_not_refetched(page, context, server, api, console_lines):
+    traffic = ApiTraffic(page)
+    login_live(page, server)
+    projects = alice_projects(api)
+    assert "apollo" in projects and len(projects) >= 2
+    wait_for_subscribed(page, console_lines, projects)
+    warmup = sorted(api.stories("apollo"), key=lambda s: s["id"])[-1]
+    api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is past 0
+    expect(events(page)).to_have_count(EVENTS_PER_CHANGE)
+    logged_before = logged_events(page)
+    position = logged_before[-1][2]  # the page's resume position for apollo
+    traffic.wait_quiet(page)
+
+    context.set_offline(True)
+    try:
+        expect(status(page)).to_have_attribute("data-state", "offline", timeout=2000)
+        # another client changes apollo meanwhile (httpx runs in this process, unaffected by set_offline)
+        moved = {}
+        for item in sorted(api.stories("apollo"), key=lambda s: s["id"])[:3]:
+            moved[item["id"]] = next_status(item["status"])
+            assert api.move_story(item["id"], moved[item["id"]])["status"] == moved[item["id"]]
+        raised = api.create_escalation("apollo", "Raised while the page was offline")
+        missed = EVENTS_PER_CHANGE * (len(moved) + 1)
+        for story_id in moved:  # nothing reached the page yet
+            expect(story(page, story_id)).not_to_have_attribute("data-status", moved[story_id])
+        expect(escalation(page, raised["id"])).to_have_count(0)
+
+        # from here on: count the page's REST requests and hold every one of them unanswered, so
+        # whatever the board shows after reconnecting can only have come through the WebSocket
+        held: list[Route] = []
+
+        def hold(route: Route) -> None:
+            held.append(route)
+
+        page.route("**/api/**", hold)
+        mark_req, mark_log = traffic.mark(), len(console_lines)
+    finally:
+        context.set_offline(False)
+    expect(status(page)).to_have_attribute("data-state", "live", timeout=5000)
+
+    for story_id, to in moved.items():
+        expect(story(page, story_id)).to_have_attribute("data-status", to)
+    expect(escalation(page, raised["id"])).to_have_attribute("data-status", "open")
+    expect(escalation(page, raised["id"])).to_contain_text("Raised while the page was offline")
+    expect(events(page)).to_have_count(len(logged_before) + missed)
+    assert len(traffic.in_flight) == len(traffic.started) - mark_req  # no REST answer since reconnecting
+
+    # the server replayed the gap: one `subscribed` per project, with `since`, recovered
+    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    assert again["apollo"]["recovered"] is True, again["apollo"]
+    assert (again["apollo"]["replayed"], again["apollo"]["seq"]) == (missed, position + missed), again["apollo"]
+    for pid in projects:
+        assert again[pid]["recovered"] is True, again[pid]
+    assert not ws_records(console_lines, "gap", mark_log) and not ws_records(console_lines, "epoch", mark_log)
+
+    # the event log gained exactly the missed events, in order, each once
+    gained = logged_events(page)[len(logged_before) :]
+    assert [(pid, seq) for _, pid, seq in gained] == [("apollo", s) for s in range(position + 1, position + missed + 1)]
+    assert [kind for kind, _, _ in gained] == (["story.status.changed", "project.updated"] * len(moved)
+                                                + ["escalation.created", "project.updated"])
+
+    # The resume itself refetches nothing (docs/client.md: `recovered: true` invalidates no key). The only
+    # REST reads allowed are the documented per-event invalidations of the watched keys (story.* ->
+    # stories, escalation.* -> escalations, project.updated -> projects), coalesced to at most one each.
+    traffic.wait_quiet(page, held=True)  # every coalesced refetch is issued (and held)
+    assert len(held) == len(traffic.started) - mark_req
+    assert all(route.request.method == "GET" for route in held)
+    gets = traffic.gets_since(mark_req)
+    assert set(gets) <= {STORIES, ESCALATIONS, PROJECTS}, gets
+    assert all(count == 1 for count in Counter(gets).values()), gets
+
+    # let the held reads through: the board stays right and nothing is delivered twice
+    page.unroute("**/api/**", hold)
+    for route in held:
+        route.continue_()
+    traffic.wait_quiet(page)
+    assert traffic.gets_since(mark_req) == gets  # no further reads
+    for story_id, to in moved.items():
+        expect(story(page, story_id)).to_have_attribute("data-status", to)
+    expect(escalation(page, raised["id"])).to_have_attribute("data-status", "open")
+    assert logged_events(page) == logged_before + gained
+    expect(status(page)).to_have_attribute("data-state", "live")
+
+
+@pytest.mark.server_env(DASHBOARD_SUSPENDED_RETRY_MS="600000")
+def test_server_restart_is_not_recovered_and_refetches(page, server, api, console_lines):
+    # With 3 fast attempts the page is `suspended` within seconds of the kill and, with a 10-minute
+    # suspended retry, dials again only when Retry is pressed: the changes below are all made on the
+    # restarted server before the page reconnects, with no race.
+    traffic = ApiTraffic(page)
+    login_live(page, server)
+    projects = alice_projects(api)
+    wait_for_subscribed(page, console_lines, projects)
+    stories = sorted(api.stories("apollo"), key=lambda s: s["id"])
+    warmup = stories[-1]
+    api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is now past 0
+    expect(events(page)).to_have_count(EVENTS_PER_CHANGE)
+    old_position = logged_events(page)[-1][2]
+    traffic.wait_quiet(page)
+    logged_before = logged_events(page)
+
+    server.kill()  # SIGKILL: the in-process bus, its history and its epoch are gone
+    expect(status(page)).to_have_attribute("data-state", "suspended")
+    expect(page.get_by_test_id("retry-button")).to_be_visible()
+    server.restart()  # same port, same database, same JWT secret; a new, empty bus
+    moved = {}
+    for item in stories[:3]:
+        moved[item["id"]] = next_status(item["status"])
+        api.move_story(item["id"], moved[item["id"]])
+    raised = api.create_escalation("apollo", "Raised while the server was down")
+    head = EVENTS_PER_CHANGE * (len(moved) + 1)  # the new bus numbers apollo's events from 1 again
+    expect(status(page)).to_have_attribute("data-state", "suspended")  # still away: no dial without Retry
+
+    mark_req, mark_log = traffic.mark(), len(console_lines)
+    page.get_by_test_id("retry-button").click()
+    expect(status(page)).to_have_attribute("data-state", "live")
+
+    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    for pid in projects:
+        assert again[pid]["recovered"] is False and again[pid]["replayed"] == 0, again[pid]
+    assert again["apollo"]["seq"] == head, (again["apollo"], old_position)
+
+    # nothing replayed, so the changes reach the board through the refetch of apollo's queries
+    for story_id, to in moved.items():
+        expect(story(page, story_id)).to_have_attribute("data-status", to)
+    expect(escalation(page, raised["id"])).to_have_attribute("data-status", "open")
+    traffic.wait_quiet(page)
+    gets = traffic.gets_since(mark_req)
+    assert STORIES in gets and ESCALATIONS in gets and PROJECTS in gets, gets
+    assert set(gets) == {STORIES, ESCALATIONS, PROJECTS}, gets  # watched keys only; borealis' board is not open
+    assert logged_events(page) == logged_before  # the missed events were not delivered
+
+    # live events continue right after the new head
+    target = next(item for item in api.stories("apollo") if item["id"] == stories[3]["id"])
+    api.move_story(target["id"], next_status(target["status"]))
+    expect(story(page, target["id"])).to_have_attribute("data-status", next_status(target["status"]))
+    expect(events(page)).to_have_count(len(logged_before) + EVENTS_PER_CHANGE)
+    assert logged_events(page)[len(logged_before) :] == [
+        ("story.status.changed", "apollo", head + 1), ("project.updated", "apollo", head + 2)]

@@ -139,7 +139,9 @@ class Session:
         self._last_received = now
         self._next_ping = now + self._interval
         self._rate = settings.rate_limit_per_s
-        self._burst = float(max(settings.rate_limit_burst, 1))
+        # The bucket always holds one full re-subscribe burst (a subscribe per project plus `hello`), so a
+        # client that legitimately holds the maximum number of subscriptions is never limited by reconnecting.
+        self._burst = float(max(settings.rate_limit_burst, settings.max_subscriptions + 2, 1))
         self._tokens = self._burst
         self._refilled_at = now
 

@@ -27,10 +27,9 @@ an aborted TCP connection, a stopped and restarted server, a frozen server loop)
 Also: a resume while the publisher keeps publishing crosses the replay/live boundary without loss or
 repeat; a project the user is not a member of is refused (REST 403, `forbidden`) without harming the
 connection; a stalled server (silent socket) is found by the client's watchdog, no earlier than
-heartbeat x misses + grace, closed 4101, redialled and resumed. Two known bugs are kept as strict
-xfails (they turn into failures once fixed, so the marker gets removed): a user holding the maximum
-number of subscriptions is rate-limited (4429) by its own subscribe burst, and a subscribe answered
-`unavailable` (bus down) is never retried while the socket stays up. Every
+heartbeat x misses + grace, closed 4101, redialled and resumed. A user holding the maximum number of
+subscriptions is never rate-limited by its own re-subscribe burst, and a subscribe answered `unavailable`
+(bus down) is retried at the next heartbeat while the socket stays up. Every
 client must also end without a rejected frame, an unparsable frame, a failing handler or a token in
 its telemetry.
 """
@@ -455,8 +454,6 @@ async def test_a_project_the_user_is_not_a_member_of_is_refused_without_harming_
 # -- 8 ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the resubscribe burst (one subscribe per project) exceeds the "
-                   "default rate-limit burst (60) before max_subscriptions (64) is reached; closed 4429")
 async def test_a_user_with_the_maximum_number_of_subscriptions_can_subscribe_and_resume(tmp_path: Path) -> None:
     settings = settings_for_tests(rate_limit_per_s=20.0, rate_limit_burst=60)  # the production defaults
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
@@ -514,8 +511,6 @@ async def test_a_stalled_server_is_detected_by_the_client_watchdog_which_redials
 # -- 10 -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the client never retries a subscribe answered `unavailable` "
-                   "while its socket stays up, so the project gets no events until the next reconnect")
 async def test_a_subscribe_refused_while_the_bus_is_down_is_retried_once_it_is_back(tmp_path: Path) -> None:
     settings = settings_for_tests()
     bus = FlakyBus(settings)

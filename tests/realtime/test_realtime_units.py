@@ -89,6 +89,13 @@ def test_session_heartbeat_deadlines() -> None:
     assert session.handle_timer(103.5) == [TIMED_OUT]
 
 
+def test_session_bucket_always_holds_a_full_resubscribe_burst() -> None:
+    settings = make_settings(rate_limit_per_s=1.0, rate_limit_burst=3, max_subscriptions=10)
+    session = Session(settings, client_id="c", user_id="u", now=0.0)
+    allowed = [session.allow(0.0) for _ in range(13)]
+    assert allowed == [True] * 12 + [False]  # 10 subscribes + hello + one spare, then limited
+
+
 def test_session_token_expiry_comes_first() -> None:
     session = Session(make_settings(), client_id="c", user_id="u", now=0.0, expires_at=5.0)
     assert session.get_timer() == 5.0
@@ -96,7 +103,8 @@ def test_session_token_expiry_comes_first() -> None:
 
 
 def test_session_token_bucket() -> None:
-    session = Session(make_settings(rate_limit_per_s=2.0, rate_limit_burst=3), client_id="c", user_id="u", now=0.0)
+    settings = make_settings(rate_limit_per_s=2.0, rate_limit_burst=3, max_subscriptions=1)
+    session = Session(settings, client_id="c", user_id="u", now=0.0)
     assert [session.allow(0.0) for _ in range(4)] == [True, True, True, False]
     assert session.allow(0.25) is False  # half a token
     assert session.allow(0.5) is True  # one token refilled

@@ -225,3 +225,23 @@ def test_a_failing_handler_is_reported_and_others_still_run():
     assert len(seen) == 1
     assert d.records(event="listener-error")[0]["reason"] == "RuntimeError: ui bug"
     assert d.state == "live"
+
+
+def test_subscribe_answered_unavailable_is_retried_at_the_next_ping_only():
+    d, events = setup()
+    d.connect()
+    acked(d, "apollo", 3)
+    d.server({"type": "error", "error": "unavailable", "projectId": "zeus", "message": "bus down"})
+    cmds = d.server({"type": "ping"})
+    assert d.sent(cmds) == [{"action": "pong"}, {"action": "subscribe", "projectId": "zeus"}]
+    acked(d, "zeus", 9)
+    assert d.sent(d.server({"type": "ping"})) == [{"action": "pong"}]  # subscribed now: nothing more
+    d.server(ev("zeus", 10))
+    assert [e["seq"] for e in events["zeus"]] == [10]
+
+
+def test_forbidden_is_never_retried():
+    d, _ = setup()
+    d.connect()
+    d.server({"type": "error", "error": "forbidden", "projectId": "zeus", "message": "not a member"})
+    assert d.sent(d.server({"type": "ping"})) == [{"action": "pong"}]

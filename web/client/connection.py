@@ -274,6 +274,8 @@ class Connection:
         kind = msg["type"]
         if kind == "ping":
             self.out.append(("send", self.sid, wire.pong()))
+            if self.state == LIVE:
+                self.hooks.link_message(now, msg)  # the heartbeat paces retried subscribes
             return
         if kind == "pong":
             return

@@ -318,6 +318,10 @@ class Runtime:
             self._on_event(now, msg)
         elif kind == "subscribed":
             self._on_subscribed(now, msg)
+        elif kind == "ping":
+            sid = self.connection.sid
+            for text in self.subscriptions.retry_due(now):
+                self._out.append(("send", sid, text))
         elif kind == "error":
             sub = self.subscriptions.on_error(msg) if msg.get("projectId") is not None else None
             self.connection.log_event("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)

@@ -18,6 +18,8 @@ INVALID = "invalid"  # missing or bad seq/epoch: drop it
 PENDING = "pending"  # subscribe sent (or to be sent), no ack yet
 SUBSCRIBED = "subscribed"
 FORBIDDEN = "forbidden"
+RETRY = "retry"  # the server could not subscribe now (`unavailable`): send again at the next heartbeat
+RETRYABLE_ERRORS = ("unavailable",)
 
 
 class ProjectSub:
@@ -85,7 +87,7 @@ class Subscriptions:
 
     def socket_lost(self):
         for pid in self._order:
-            if self._subs[pid].status == SUBSCRIBED:
+            if self._subs[pid].status in (SUBSCRIBED, RETRY):
                 self._subs[pid].status = PENDING
 
     def on_event(self, msg):
@@ -135,8 +137,17 @@ class Subscriptions:
         return sub, trusted
 
     def on_error(self, msg):
-        """A `forbidden` error for a project: stop expecting events from it. Returns the sub or None."""
+        """An error for a project: `forbidden` stops expecting events from it; a retryable one (`unavailable`)
+        marks it for `retry_due()`. Returns the sub or None."""
         sub = self._subs.get(msg.get("projectId"))
-        if sub is not None and msg.get("error") == "forbidden":
-            sub.status = FORBIDDEN
+        if sub is not None:
+            error = msg.get("error")
+            if error == FORBIDDEN:
+                sub.status = FORBIDDEN
+            elif error in RETRYABLE_ERRORS and sub.status == PENDING:
+                sub.status = RETRY
         return sub
+
+    def retry_due(self, now):
+        """Subscribe texts for the projects whose last subscribe failed in a retryable way."""
+        return [self.subscribe_message(pid, now) for pid in self._order if self._subs[pid].status == RETRY]

@@ -13,7 +13,9 @@ Call `run_browser(cfg)` (`python -m bench browser`). Definition of one measureme
 - Pages: `/` (MicroPython, the default), `/?runtime=pyodide`, and three floors served by the bench server:
   `floor.html` (plain JavaScript: the same requests, socket and list with no Python runtime) and
   `floor-micropython.html` / `floor-pyodide.html` (PyScript and the interpreter running a three-line script
-  that marks the badge live and renders one story: the interpreter's own start-up, no client code, no network).
+  that marks the badge live and renders one story: the interpreter's own start-up, no client code, no network),
+  and `floor-micropython-import.html` (the page's own `web/pyscript.toml`, i.e. every client file, and an
+  `import client.browser.app` before marking live: start-up plus fetching and importing our Python).
 
 Chromium is Debian's `/usr/bin/chromium` (never `playwright install`).
 """
@@ -39,6 +41,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PAGES = {
     "js-floor": "/bench/pages/floor.html",
     "micropython-floor": "/bench/pages/floor-micropython.html",
+    "micropython-import": "/bench/pages/floor-micropython-import.html",
     "micropython": "/",
     "pyodide-floor": "/bench/pages/floor-pyodide.html",
     "pyodide": "/?runtime=pyodide",

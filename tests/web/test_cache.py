@@ -164,24 +164,55 @@ def load(d, key, data):
     d.fetch_result(f[1], 200, data)
 
 
-def test_event_map_and_hundred_events_one_refetch_per_key():
+def loaded_driver():
     d = Driver({})
     live(d)
     load(d, ("projects",), [{"id": "apollo"}])
     load(d, ("project", "apollo"), {"id": "apollo"})
     load(d, ("stories", "apollo"), [])
     load(d, ("escalations", "apollo"), [])
-    for seq in range(1, 101):
-        story = {"id": seq, "projectId": "apollo", "status": "todo", "updatedAt": seq}
-        d.server({"type": "event", "eventType": "story.status.changed", "projectId": "apollo", "seq": seq, "epoch": "e1", "data": {"story": story}})
+    return d
+
+
+def event(seq, event_type="story.status.changed", data=None):
+    return {"type": "event", "eventType": event_type, "projectId": "apollo", "seq": seq, "epoch": "e1", "data": data or {}}
+
+
+def test_event_map_and_hundred_events_one_refetch_per_key():
+    d = loaded_driver()
+    for seq in range(1, 101):  # payloads without the whole object: the seed's event → keys map
+        d.server(event(seq))
     cmds = d.advance(250)
     assert sorted(f[3] for f in d.fetches(cmds)) == ["/api/projects/apollo", "/api/projects/apollo/stories"]
-    assert len(d.rt.cache.get(("stories", "apollo")).data) == 100  # payloads applied directly meanwhile
-    d.server({"type": "event", "eventType": "project.updated", "projectId": "apollo", "seq": 101, "epoch": "e1", "data": {"project": {"id": "apollo", "name": "A2"}}})
+    d.server(event(101, "project.updated"))
     assert sorted(f[3] for f in d.fetches(d.advance(250))) == ["/api/projects", "/api/projects/apollo"]
-    assert d.rt.cache.get(("projects",)).data == [{"id": "apollo", "name": "A2"}]
-    d.server({"type": "event", "eventType": "escalation.created", "projectId": "apollo", "seq": 102, "epoch": "e1", "data": {"escalation": {"id": 9, "status": "open", "createdAt": 1}}})
+    d.server(event(102, "escalation.created"))
     assert [f[3] for f in d.fetches(d.advance(250))] == ["/api/projects/apollo/escalations"]
+
+
+def test_complete_payloads_in_sequence_are_applied_without_refetching_their_keys():
+    d = loaded_driver()
+    for seq in range(1, 101):
+        story = {"id": seq, "projectId": "apollo", "status": "todo", "updatedAt": seq}
+        d.server(event(seq, data={"story": story}))
+    cmds = d.advance(250)
+    assert [f[3] for f in d.fetches(cmds)] == ["/api/projects/apollo"]  # counts are not in a story payload
+    assert len(d.rt.cache.get(("stories", "apollo")).data) == 100
+    d.server(event(101, "project.updated", {"project": {"id": "apollo", "name": "A2"}}))
+    assert d.fetches(d.advance(250)) == []
+    assert d.rt.cache.get(("projects",)).data == [{"id": "apollo", "name": "A2"}]
+    d.server(event(102, "escalation.created", {"escalation": {"id": 9, "status": "open", "createdAt": 1}}))
+    assert d.fetches(d.advance(250)) == []
+    assert d.rt.cache.get(("escalations", "apollo")).data == [{"id": 9, "status": "open", "createdAt": 1}]
+
+
+def test_a_gap_refetches_even_when_the_payload_is_complete():
+    d = loaded_driver()
+    d.server(event(1, data={"story": {"id": 1, "status": "todo", "updatedAt": 1}}))
+    d.advance(250)
+    d.server(event(5, data={"story": {"id": 2, "status": "done", "updatedAt": 5}}))  # 2..4 were missed
+    paths = [f[3] for f in d.fetches(d.advance(250))]
+    assert "/api/projects/apollo/stories" in paths
 
 
 def test_fetch_errors_become_error_state_and_are_retried_when_the_link_returns():

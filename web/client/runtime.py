@@ -350,8 +350,10 @@ class Runtime:
         data = msg.get("data")
         mid = data.get("clientMutationId") if isinstance(data, dict) else None
         mutation = self._mutations.get(mid) if isinstance(mid, str) else None
+        patched = []
         for key, fn in event_patches(event_type, project_id, data):
             self.cache.apply(key, fn, now)
+            patched.append(key)
         if mutation is not None:
             self._counters["echoes"] += 1
             mutation.echoed = True
@@ -359,6 +361,8 @@ class Runtime:
                 self.cache.remove_overlay(mutation.direct_key, mutation.id, now)
         else:
             for key in event_keys(event_type, project_id):
+                if verdict == subscriptions.APPLY and key in patched:
+                    continue  # in sequence and carrying the whole object: the cache is already right
                 self.cache.invalidate(key, now)
         if verdict in (subscriptions.GAP, subscriptions.EPOCH):
             self._counters["gaps" if verdict == subscriptions.GAP else "epochChanges"] += 1

@@ -61,7 +61,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
 
 
 def _print_banner(settings: Settings, host: str, port: int) -> None:
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # a wildcard bind is reachable on loopback
     print(f"Dashboard: http://{shown}:{port}/", file=sys.stderr, flush=True)
     if settings.demo:
         print("Demo logins: alice / alice-demo, bob / bob-demo", file=sys.stderr, flush=True)

@@ -136,7 +136,7 @@ async def test_serve_end_to_end_then_sigterm_drains_and_logs_no_token(server: Se
     assert token not in log
     assert token.split(".")[2] not in log  # not even the signature part
     assert "token=[REDACTED]" in log  # the access log line of the ?token= connection
-    assert "alice / alice-demo" in log and f"http://localhost:{server.port}/" in log
+    assert "alice / alice-demo" in log and f"http://127.0.0.1:{server.port}/" in log
     events = []
     for line in log.splitlines():
         if line.startswith('{"ts"') and '"logger":"dashboard"' in line:

@@ -26,6 +26,17 @@ from .settings import Settings
 from .storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+# The page may talk to its own origin only (REST and WebSocket); PyScript needs eval and WebAssembly compilation.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 NODE_MODULES = ROOT / "node_modules"
 VENDOR = {
     "pyscript": NODE_MODULES / "@pyscript" / "core" / "dist",
@@ -72,7 +83,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
             log_event("server.stop")
 
     async def index(request: Request) -> Response:
-        return FileResponse(ROOT / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(ROOT / "index.html", headers=PAGE_HEADERS)
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings.client_config())

@@ -1,0 +1,58 @@
+"""The page and its vendored runtimes are served by our own server, with a policy that keeps the page on its origin."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from backend.app import ROOT, create_app
+from backend.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(db=":memory:", jwt_secret="s" * 40, var_dir=str(tmp_path_factory.mktemp("var")))
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_index_carries_a_same_origin_content_security_policy(client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    policy = response.headers["content-security-policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["connect-src"] == "'self'"
+    assert directives["default-src"] == "'self'"
+    assert directives["object-src"] == "'none'"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("path", "media"),
+    [
+        ("/vendor/pyscript/core.js", "javascript"),
+        ("/vendor/micropython/micropython.mjs", "javascript"),
+        ("/vendor/micropython/micropython.wasm", "application/wasm"),
+        ("/vendor/pyodide/pyodide.mjs", "javascript"),
+        ("/web/main.py", "python"),
+        ("/web/pyscript.toml", ""),
+    ],
+)
+def test_runtimes_and_client_files_are_served_locally(client, path: str, media: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200, path
+    assert media in response.headers["content-type"]
+
+
+def test_page_and_configs_name_no_other_origin() -> None:
+    texts = [ROOT / "index.html", *Path(ROOT / "web").glob("*.toml")]
+    for path in texts:
+        urls = re.findall(r"(?:https?:)?//[\w.-]+", path.read_text())
+        assert urls == [], (path.name, urls)

@@ -565,3 +565,24 @@ def test_without_a_wall_clock_expiry_is_judged_from_server_event_time():
     d.closed(1006)
     d.advance(1000)
     assert d.state == "auth-required" and len(d.opens()) == 1
+
+
+def test_reconnect_off_never_dials_by_itself_but_retry_still_works():
+    d = Driver(dict(CFG, reconnect=False), rand=Const(0.5))
+    d.connect()
+    d.closed(1006)
+    assert d.state == "suspended"
+    assert d.rt.status["nextRetryAt"] is None and d.rt.get_timer() is None
+    assert d.opens(d.advance(600000)) == []
+    d.rt.retry_now(d.now)
+    assert len(d.opens(d.pump())) == 1
+    d.closed(1012)  # even a restart hint is not followed automatically
+    assert d.state == "suspended" and d.opens(d.advance(600000)) == []
+
+
+def test_reconnect_option_defaults_on_and_only_false_turns_it_off():
+    from client.config import ClientConfig
+
+    assert ClientConfig({}).reconnect is True
+    assert ClientConfig({"reconnect": 0}).reconnect is True
+    assert ClientConfig({"reconnect": False}).reconnect is False

@@ -23,7 +23,7 @@ CLIENT_KEYS = (
     ("coalesceMs", "coalesce_ms", 250),  # cache invalidation burst window
 )
 
-ATTRS = tuple(a for _, a, _ in SERVER_KEYS) + tuple(a for _, a, _ in CLIENT_KEYS) + ("backoff_mode",)
+ATTRS = tuple(a for _, a, _ in SERVER_KEYS) + tuple(a for _, a, _ in CLIENT_KEYS) + ("backoff_mode", "reconnect")
 
 
 def _number(value, default):
@@ -35,7 +35,8 @@ def _number(value, default):
 
 
 class ClientConfig:
-    """Validated timings (milliseconds). `backoff` key: "jitter" (default) or "seed"."""
+    """Validated timings (milliseconds). `backoff` key: "jitter" (default) or "seed". `reconnect` key: False turns
+    off every timed retry (a lost socket goes straight to `suspended`; online, visible and Retry still dial)."""
 
     __slots__ = ATTRS
 
@@ -45,6 +46,7 @@ class ClientConfig:
             setattr(self, attr, _number(raw.get(key), default))
         mode = raw.get("backoff")
         self.backoff_mode = mode if mode in ("jitter", "seed") else "jitter"
+        self.reconnect = raw.get("reconnect") is not False
         if self.heartbeat_ms <= 0:
             self.heartbeat_ms = 30000
         if self.heartbeat_misses < 1:

@@ -523,6 +523,11 @@ class Connection:
             self.retry_at = None
             self._fire(GO_OFFLINE, now, reason=reason)
             return
+        if not self.config.reconnect:  # no timed retries: wait for Retry, `online` or the tab becoming visible
+            self.retry_at = None
+            self.last_delay = None
+            self._fire(EXHAUSTED, now, reason=reason)
+            return
         self.attempt += 1
         if self.attempt > self.config.reconnect_max_attempts:
             delay = self.backoff.around(self.config.suspended_retry_ms)

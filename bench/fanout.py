@@ -154,6 +154,7 @@ class Phase:
         start = self.next_n
         self.next_n += n_events
         await asyncio.gather(*(g.call(cmd="reset", start=start) for g in self.gens))
+        gc0 = await _control(self.control, cmd="gcstats")
         cpu0 = sum(self.server.cpu_times()[:2])
         gen_cpu0 = sum(g.cpu_s() for g in self.gens)
         t_publish = time.monotonic()
@@ -165,6 +166,13 @@ class Phase:
                                               wait_s=drain_timeout) for g in self.gens))
         cpu1 = sum(self.server.cpu_times()[:2])
         gen_cpu1 = sum(g.cpu_s() for g in self.gens)
+        gc1 = await _control(self.control, cmd="gcstats")
+        gc_phase = {}
+        if "gc" in gc0 and "gc" in gc1:
+            for gen in ("0", "1", "2"):
+                count = gc1["gc"][gen][0] - gc0["gc"][gen][0]
+                total = gc1["gc"][gen][1] - gc0["gc"][gen][1]
+                gc_phase[gen] = {"count": count, "total_ms": total, "max_ms_ever": gc1["gc"][gen][2]}
         dumps = []
         arrays = []
         for i, g in enumerate(self.gens):
@@ -198,6 +206,7 @@ class Phase:
             "server_cpu_s": cpu1 - cpu0,
             "server_cpu_us_per_delivery": (cpu1 - cpu0) * 1e6 / received if received else None,
             "client_cpu_s": gen_cpu1 - gen_cpu0,
+            "gc": gc_phase,
             "latency": summarize(lat),
         }
         return result
@@ -312,9 +321,11 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
                 r = await phase.run(f"{cfg.tag}-{kind}-{n}-step{i}", count, rate, n_open, cfg.project)
                 steps.append(r)
                 lat = r["latency"]
+                g2 = r["gc"].get("2", {})
                 print(f"   [{kind} N={n}] step {i}: {rate:g} ev/s x {count} -> {r['deliveries_per_s'] or 0:,.0f} del/s "
                       f"p50 {lat.get('p50_ms', float('nan')):.1f} ms p99 {lat.get('p99_ms', float('nan')):.1f} ms "
-                      f"lost {r['lost']} cpu/del {r['server_cpu_us_per_delivery'] or 0:.1f} us", flush=True)
+                      f"lost {r['lost']} cpu/del {r['server_cpu_us_per_delivery'] or 0:.1f} us "
+                      f"gc2 {g2.get('count', '?')}x {g2.get('total_ms', 0):.0f} ms", flush=True)
             burst_n = cfg.burst_for(n)
             burst = await phase.run(f"{cfg.tag}-{kind}-{n}-burst", burst_n, 0, n_open, cfg.project)
             lat = burst["latency"]

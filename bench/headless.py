@@ -255,12 +255,14 @@ class Worker:
         resubscribed = sum(1 for c in self.clients if c.state == "live" and c.subscribed and c.subscribed[-1][0] >= since)
         return {"states": states, "resubscribed": resubscribed, "clients": len(self.clients)}
 
-    def cmd_have(self, upto: int) -> dict[str, Any]:
-        complete = sum(1 for c in self.clients if all(n in c.numbers for n in range(1, upto + 1)))
+    def cmd_have(self, upto: int, exclude: list[int]) -> dict[str, Any]:
+        skip = set(exclude)
+        wanted = [n for n in range(1, upto + 1) if n not in skip]
+        complete = sum(1 for c in self.clients if all(n in c.numbers for n in wanted))
         return {"complete": complete, "clients": len(self.clients)}
 
-    def cmd_collect(self, total: int, since: float) -> dict[str, Any]:
-        expected = set(range(1, total + 1))
+    def cmd_collect(self, total: int, since: float, exclude: list[int]) -> dict[str, Any]:
+        expected = set(range(1, total + 1)) - set(exclude)
         per_client = []
         for c in self.clients:
             missing = sorted(expected - c.numbers)
@@ -303,9 +305,9 @@ class Worker:
             elif cmd == "status":
                 reply = self.cmd_status(float(msg.get("since", 0)))
             elif cmd == "have":
-                reply = self.cmd_have(int(msg["upto"]))
+                reply = self.cmd_have(int(msg["upto"]), list(msg.get("exclude", [])))
             elif cmd == "collect":
-                reply = self.cmd_collect(int(msg["total"]), float(msg.get("since", 0)))
+                reply = self.cmd_collect(int(msg["total"]), float(msg.get("since", 0)), list(msg.get("exclude", [])))
             elif cmd == "stop":
                 reply = await self.cmd_stop()
             else:

@@ -209,6 +209,11 @@ def storm_md(data: dict[str, Any], img: str, stem: str = "storm") -> list[str]:
                        f"{st.get('gaps', 0)} gaps, {st.get('duplicates', 0)} duplicates dropped, "
                        f"{st.get('failedAttempts', 0)} failed attempts; final states {r.get('final_states')}.")
     v = data.get("verdict", {})
+    for r in data["runs"]:
+        if r.get("publish_failed"):
+            out.append(f"- {r['mode']}: **{r['publish_failed']} of {r['publish_failed'] + r['published']} publishes failed "
+                       "in the server** (an exception from `bus.publish`; those events never existed, so they are not "
+                       "counted as lost).")
     out.append(f"- Peak (jitter / seed): {_f(v.get('peak_ratio'), 2)}, target ≤ 0.25: {_ok(v.get('peak_ok'))}.")
     out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
                f"{_ok(v.get('lost_ok'))}.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import time
@@ -77,6 +78,8 @@ class Publisher:
     async def run(self, n: int, rate: float, start: int, project: str) -> dict[str, Any]:
         t0 = time.monotonic()
         lag_max = 0.0
+        failed: list[int] = []
+        errors: dict[str, int] = {}
         for i in range(n):
             number = start + i
             if rate > 0:
@@ -88,10 +91,15 @@ class Publisher:
                 stamp = scheduled
             else:
                 stamp = time.monotonic()
-            await self.publish_one(number, stamp, project)
+            try:
+                await self.publish_one(number, stamp, project)
+            except Exception as exc:  # noqa: BLE001 - a failed publish is counted, the run goes on
+                failed.append(number)
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             if rate <= 0:
                 await asyncio.sleep(0)  # one event per loop turn, as separate requests would publish them
-        return {"published": n, "elapsed_s": time.monotonic() - t0, "lag_max_ms": lag_max * 1000}
+        return {"published": n - len(failed), "failed": failed, "errors": errors, "elapsed_s": time.monotonic() - t0,
+                "lag_max_ms": lag_max * 1000}
 
 
 class Profiling:
@@ -140,6 +148,31 @@ def tracemalloc_report(path: str, per: int) -> dict[str, Any]:
     return {"written": path, "traced_bytes": total, "per_conn_bytes": total / per}
 
 
+class GcPauses:
+    """Every cyclic-GC pass of this process, per generation: count, total and longest pause (ms)."""
+
+    def __init__(self) -> None:
+        self.stats = {g: [0, 0.0, 0.0] for g in range(3)}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._started) * 1000
+        entry = self.stats[info.get("generation", 0)]
+        entry[0] += 1
+        entry[1] += ms
+        entry[2] = max(entry[2], ms)
+
+    def snapshot(self) -> dict[str, list[float]]:
+        return {str(g): list(v) for g, v in self.stats.items()}
+
+
+GC_PAUSES = GcPauses()
+
+
 def bench_routes(publisher: Publisher, *, floor: bool) -> list[Any]:
     profiling = Profiling()
 
@@ -154,6 +187,8 @@ def bench_routes(publisher: Publisher, *, floor: bool) -> list[Any]:
                                                 str(msg.get("project", "apollo")))
                 elif cmd == "rss":
                     reply = {"rss": rss_bytes(), "pid": os.getpid()}
+                elif cmd == "gcstats":
+                    reply = {"gc": GC_PAUSES.snapshot(), "objects": len(gc.get_objects()) if msg.get("count") else None}
                 elif cmd == "profile" and msg.get("action") == "start":
                     profiling.start()
                     reply = {"profiling": True}

@@ -96,10 +96,21 @@ def _get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
+FAILED: list[int] = []  # numbers whose publish raised in the server (never published: not expected by anyone)
+
+
 async def _publish(port: int, n: int, rate: float, start: int, project: str) -> dict[str, Any]:
-    async with connect(f"ws://{HOST}:{port}/bench/control", proxy=None, ping_interval=None) as control:
-        await control.send(json.dumps({"cmd": "publish", "n": n, "rate": rate, "start": start, "project": project}))
-        return dict(json.loads(await asyncio.wait_for(control.recv(), 120)))
+    try:
+        async with connect(f"ws://{HOST}:{port}/bench/control", proxy=None, ping_interval=None) as control:
+            await control.send(json.dumps({"cmd": "publish", "n": n, "rate": rate, "start": start, "project": project}))
+            reply = dict(json.loads(await asyncio.wait_for(control.recv(), 120)))
+    except Exception as exc:  # noqa: BLE001 - recorded; the numbers count as not published
+        reply = {"error": f"{type(exc).__name__}: {exc}"[:200], "failed": list(range(start, start + n))}
+    FAILED.extend(reply.get("failed", []))
+    if reply.get("failed"):
+        print(f"   publish: {len(reply['failed'])} of {n} failed in the server ({reply.get('errors') or reply.get('error')})",
+              flush=True)
+    return reply
 
 
 async def _publish_direct(bus_url: str, env: dict[str, str], n: int, start: int, project: str) -> None:
@@ -138,6 +149,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
+    FAILED.clear()
     port = free_port()
     base = f"http://{HOST}:{port}"
     env = server_env(tmp / mode)
@@ -225,10 +237,11 @@ async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
         total = number - 1
         have = await _wait_have(workers, total, cfg.clients, 20)
         t_end = time.monotonic()
-        collected = await asyncio.gather(*(w.call(timeout=120, cmd="collect", total=total, since=t_kill)
-                                           for w in workers))
+        collected = await asyncio.gather(*(w.call(timeout=120, cmd="collect", total=total, since=t_kill,
+                                                  exclude=FAILED) for w in workers))
         result.update(_analyse(collected, t_kill, t_dead, t_restart, t_up, t_end, cap_s, total, cfg))
-        result.update({"published": total, "outage_published": outage, "complete_clients": have,
+        result.update({"published": total - len(FAILED), "publish_failed": len(FAILED), "outage_published": outage,
+                       "complete_clients": have,
                        "down_s": t_restart - t_kill, "restart_ready_s": t_up - t_kill, "curve": curve})
         print(f"   [{mode}] kill->ready {result['restart_ready_s']:.1f}s; peak {result['peak_dials_per_100ms']} dials "
               f"/ {result['peak_handshakes_per_100ms']} handshakes per 100 ms; 99% back {_fmt(result['t99_s'])} "
@@ -256,7 +269,7 @@ async def _wait_have(workers: list[WorkerProc], upto: int, clients: int, timeout
     deadline = time.monotonic() + timeout
     complete = 0
     while time.monotonic() < deadline:
-        have = await asyncio.gather(*(w.call(cmd="have", upto=upto) for w in workers))
+        have = await asyncio.gather(*(w.call(cmd="have", upto=upto, exclude=FAILED) for w in workers))
         complete = sum(h["complete"] for h in have)
         if complete >= clients:
             break

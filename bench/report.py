@@ -317,14 +317,16 @@ def plot_browser(data: dict[str, Any], d: Path) -> None:
 
 def variants_md(data: dict[str, Any]) -> list[str]:
     out = ["### Experiments: the proposed server changes, measured (`bench/variants.py`)", ""]
-    out.append("Same fan-out run with bench-only patches of our server (see `bench/variants.py`): `lean` = reader in the "
-               "endpoint task, heartbeat on a timer handle, no closing-waiter task or event; `direct` = one sender task "
-               "per event for subscribers whose queue is empty; `lean-direct` = both. "
+    out.append("Same fan-out run with bench-only patches of our server (see `bench/variants.py`): `gc` = `gc.freeze()` at "
+               "start and generation-0 threshold 50 000; `lean` = reader in the endpoint task, heartbeat on a timer "
+               "handle, no closing-waiter task or event; `direct` = one sender task per event for subscribers whose "
+               "queue is empty; names joined with `-` combine them. "
                f"{data['settings']['repeat']} run(s) each, medians.")
     out.append("")
     out.append("| N | server | KB / connection (marginal) | ratio to bare | CPU µs/delivery at the latency step | "
-               "burst CPU µs/delivery | capacity ratio to bare | p50 / p99 ms at the latency step | lost |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+               "gen-2 GC passes in that step (ms) | burst deliveries/s | burst CPU µs/delivery | capacity ratio to bare | "
+               "p50 / p99 ms at the latency step | lost |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     from bench.fanout import _agg  # the same medians the verdict uses
 
     target = data["settings"]["target_step"]
@@ -334,9 +336,12 @@ def variants_md(data: dict[str, Any]) -> list[str]:
             a = _agg(data["runs"], n, kind, target)
             if not a or not bare:
                 continue
+            runs = [r for r in data["runs"] if r["n"] == n and r["kind"] == kind and "steps" in r]
+            gcs = [r["steps"][a["step"]].get("gc", {}).get("2") for r in runs]
+            gc_txt = ", ".join(f"{g['count']} ({g['total_ms']:.0f})" for g in gcs if g) or "–"
             out.append(f"| {n} | {kind} | {_f(a['mem_kb'])} | {_f(a['mem_kb'] / bare['mem_kb'], 2)} | "
-                       f"{_f(a['step_cpu_us'])} | {_f(a['burst_cpu_us'])} | {_f(bare['burst_cpu_us'] / a['burst_cpu_us'], 2)} | "
-                       f"{_f(a['p50'])} / {_f(a['p99'])} | {a['lost']} |")
+                       f"{_f(a['step_cpu_us'])} | {gc_txt} | {_f(a['burst_dps'], 0)} | {_f(a['burst_cpu_us'])} | "
+                       f"{_f(bare['burst_cpu_us'] / a['burst_cpu_us'], 2)} | {_f(a['p50'])} / {_f(a['p99'])} | {a['lost']} |")
     out.append("")
     return out
 
@@ -379,7 +384,7 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     fan, browser, prof = _load(d, "fanout.json"), _load(d, "browser.json"), _load(d, "profile.json")
     fan_redis, fan_variants = _load(d, "fanout-redis.json"), _load(d, "fanout-variants.json")
-    storms = [(p.stem, _load(d, p.name)) for p in sorted(d.glob("storm*.json"))]
+    storms = [(p.stem, _load(d, p.name)) for p in sorted(d.glob("storm*.json"), key=lambda p: (p.stem != "storm", p.stem))]
     sections: list[list[str]] = []
     for data, md, plot in ((fan, fanout_md, plot_fanout), (browser, browser_md, plot_browser)):
         if data is None:
@@ -391,13 +396,16 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
         sections.append(md(data, ""))
         if data is fan:
             sections.append(memory_md(fan, ""))
+    storm_sections = []
     for stem, data in storms:
         assert data is not None
         try:
             plot_storm(data, d, stem + ".png")
         except Exception as exc:  # noqa: BLE001
             print(f"   plot failed: {exc!r}")
-        sections.insert(2 if fan else 0, storm_md(data, "", stem))
+        storm_sections.append(storm_md(data, "", stem))
+    at = 2 if fan else 0
+    sections[at:at] = storm_sections
     if fan_variants is not None:
         sections.append(variants_md(fan_variants))
     if fan_redis is not None:

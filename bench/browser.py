@@ -27,13 +27,12 @@ import shutil
 import statistics
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.env import HOST, PYTHON, RAW, RESULTS, Child, free_port, machine_info, print_header, wait_http, write_json
-from bench.fanout import server_env
+from bench.fanout import login_session, server_env
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -96,14 +95,6 @@ class BrowserConfig:
     tag: str = "full"
 
 
-def _login(base: str) -> dict[str, Any]:
-    req = urllib.request.Request(f"{base}/api/auth/login", method="POST",
-                                 data=json.dumps({"username": "alice", "password": "alice-demo"}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
-        return dict(json.loads(resp.read()))
-
-
 def _measure(page: Any, timeout_ms: float) -> dict[str, Any]:
     try:
         page.wait_for_function("() => window.__bench && window.__bench.liveAt !== null", timeout=timeout_ms,
@@ -143,7 +134,7 @@ def run_browser(cfg: BrowserConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         wait_http(f"{base}/bench/ready", 60, server)
-        session = _login(base)
+        session = login_session(base)
         script = INIT_SCRIPT % {"token": json.dumps(session["token"]), "user": json.dumps(json.dumps(session["user"]))}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

@@ -18,6 +18,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -264,3 +265,59 @@ class Redis:
 
     def stop(self) -> None:
         self.child.stop()
+
+
+class JsonLineChild:
+    """A `python -m <module>` child driven over stdin/stdout JSON lines (`bench.loadgen`, `bench.headless`).
+
+    `await JsonLineChild.start(module)`, then `await child.call(cmd=...)` (one reply line per command), and
+    `await child.stop()` (sends `{"cmd": "close"|"stop"}`, then kills it if it is still there).
+    """
+
+    def __init__(self, proc: Any, stop_cmd: str) -> None:
+        self.proc = proc
+        self.stop_cmd = stop_cmd
+
+    @classmethod
+    async def start(cls, module: str, *, stop_cmd: str, cpus: set[int] | None = None) -> JsonLineChild:
+        import asyncio
+
+        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'web'}")
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", module, cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 24)
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, cpus)
+        return cls(proc, stop_cmd)
+
+    async def call(self, timeout: float = 120, **msg: Any) -> dict[str, Any]:
+        import asyncio
+
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"child {self.proc.pid} exited")
+        return dict(json.loads(line))
+
+    def cpu_s(self) -> float:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system)
+        return 0.0
+
+    async def stop(self) -> None:
+        import asyncio
+
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call(timeout=20, cmd=self.stop_cmd)
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 10)

@@ -15,7 +15,6 @@ each server kind (`bare` first, then `app`), it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -31,8 +30,8 @@ import numpy as np
 import psutil
 from websockets.asyncio.client import connect
 
-from bench.env import (HOST, PYTHON, RAW, RESULTS, ROOT, Child, Redis, free_port, machine_info, print_header,
-                       wait_http, write_json)
+from bench.env import (HOST, PYTHON, RAW, RESULTS, Child, JsonLineChild, Redis, free_port, machine_info,
+                       print_header, wait_http, write_json)
 
 QUANTILES = [0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 100]
 
@@ -78,55 +77,17 @@ def server_env(tmp: Path) -> dict[str, str]:
     }
 
 
-def login(base: str, username: str = "alice", password: str = "alice-demo") -> str:
+def login_session(base: str, username: str = "alice", password: str = "alice-demo") -> dict[str, Any]:
+    """`POST /api/auth/login` → `{token, expiresAt, user}` (demo user alice by default)."""
     req = urllib.request.Request(f"{base}/api/auth/login", method="POST",
                                  data=json.dumps({"username": username, "password": password}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
-        return str(json.loads(resp.read())["token"])
+        return dict(json.loads(resp.read()))
 
 
-class LoadGenProc:
-    """One `bench.loadgen` child over asyncio pipes; `call()` sends a command and awaits the reply."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, cpus: set[int] | None) -> LoadGenProc:
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'web'}")
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "bench.loadgen", cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 22)
-        if cpus:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(proc.pid, cpus)
-        return cls(proc)
-
-    async def call(self, timeout: float = 120, **msg: Any) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"load generator {self.proc.pid} exited")
-        return json.loads(line)
-
-    def cpu_s(self) -> float:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system
-        return 0.0
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call(timeout=20, cmd="close")
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.wait(), 10)
+def login(base: str) -> str:
+    return str(login_session(base)["token"])
 
 
 def summarize(latencies_s: np.ndarray) -> dict[str, Any]:
@@ -143,7 +104,7 @@ def summarize(latencies_s: np.ndarray) -> dict[str, Any]:
 class Phase:
     """Run one publish phase against every load generator and merge what they saw."""
 
-    def __init__(self, control: Any, gens: list[LoadGenProc], server: psutil.Process, raw_dir: Path) -> None:
+    def __init__(self, control: Any, gens: list[JsonLineChild], server: psutil.Process, raw_dir: Path) -> None:
         self.control = control
         self.gens = gens
         self.server = server
@@ -260,7 +221,7 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
     if variants:
         args += ["--variant", ",".join(variants)]
     child = Child(args, env=env, log=log, cpus=server_cpus)
-    gens: list[LoadGenProc] = []
+    gens: list[JsonLineChild] = []
     result: dict[str, Any] = {"n": n, "kind": kind, "port": port}
     try:
         wait_http(f"{base}/bench/ready", 60, child)
@@ -276,7 +237,7 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
             rss_base = proc.memory_info().rss
             if cfg.profile:
                 await _control(control, cmd="tracemalloc", action="start", frames=8)
-            gens = list(await asyncio.gather(*(LoadGenProc.start(gen_cpus) for _ in range(cfg.workers))))
+            gens = list(await asyncio.gather(*(JsonLineChild.start("bench.loadgen", stop_cmd="close", cpus=gen_cpus) for _ in range(cfg.workers))))
             # Two halves: RSS after the first half and after all; the slope over the second half is the marginal
             # cost of one more connection (free heap left over from start-up is used up by the first half).
             shares = [n // cfg.workers + (1 if i < n % cfg.workers else 0) for i in range(cfg.workers)]

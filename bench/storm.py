@@ -31,8 +31,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from bench.env import (HOST, PYTHON, RAW, RESULTS, ROOT, Child, Redis, free_port, machine_info, print_header,
-                       wait_http, write_json)
+from bench.env import (HOST, PYTHON, RAW, RESULTS, Child, JsonLineChild, Redis, free_port, machine_info,
+                       print_header, wait_http, write_json)
 from bench.fanout import login, server_env
 
 BIN_S = 0.1
@@ -55,40 +55,6 @@ class StormConfig:
     variant: str = ""  # bench.variants experiments for the server, comma-separated (e.g. "redispool")
     out: str = "storm.json"
     tag: str = "full"
-
-
-class WorkerProc:
-    """One `bench.headless` child over asyncio pipes."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls) -> WorkerProc:
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'web'}")
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "bench.headless", cwd=ROOT, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 24)
-        return cls(proc)
-
-    async def call(self, timeout: float = 60, **msg: Any) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"headless worker {self.proc.pid} exited")
-        return dict(json.loads(line))
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call(timeout=20, cmd="stop")
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.wait(), 10)
 
 
 def _get_json(url: str) -> Any:
@@ -163,7 +129,7 @@ async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
         args += ["--variant", cfg.variant]
     log = RAW / f"server-storm-{cfg.tag}-{mode}.log"
     servers: list[Child] = []
-    workers: list[WorkerProc] = []
+    workers: list[JsonLineChild] = []
     result: dict[str, Any] = {"mode": mode, "kill": cfg.kill, "clients": cfg.clients, "bus": cfg.bus}
     try:
         servers.append(Child(args, env=env, log=log))
@@ -172,7 +138,7 @@ async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
         config = dict(_get_json(f"{base}/api/config"))
         config["backoff"] = mode
         result["client_config"] = config
-        workers = list(await asyncio.gather(*(WorkerProc.start() for _ in range(cfg.workers))))
+        workers = list(await asyncio.gather(*(JsonLineChild.start("bench.headless", stop_cmd="stop") for _ in range(cfg.workers))))
         shares = [cfg.clients // cfg.workers + (1 if i < cfg.clients % cfg.workers else 0) for i in range(cfg.workers)]
         first = 0
         starts = []
@@ -265,7 +231,7 @@ def _fmt(v: float | None) -> str:
     return "never" if v is None else f"{v:.1f}s"
 
 
-async def _wait_have(workers: list[WorkerProc], upto: int, clients: int, timeout: float) -> int:
+async def _wait_have(workers: list[JsonLineChild], upto: int, clients: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     complete = 0
     while time.monotonic() < deadline:

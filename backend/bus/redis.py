@@ -68,6 +68,9 @@ def _encode(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+REDIS_MAX_CONNECTIONS = 64
+REDIS_POOL_TIMEOUT_S = 20.0
+
 class RedisBus:
     """`EventBus` on Redis Streams. `await start()` connects and starts the reader task."""
 
@@ -105,7 +108,13 @@ class RedisBus:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self.url, decode_responses=True, health_check_interval=30)
+        # A blocking pool: a burst of bus calls larger than the pool (a reconnect storm re-subscribing, REST writes)
+        # waits for a free connection instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_TIMEOUT_S,
+            decode_responses=True, health_check_interval=30,
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._publish = self._redis.register_script(_PUBLISH)
         self._position = self._redis.register_script(_POSITION)
         await self._redis.ping()

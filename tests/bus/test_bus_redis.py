@@ -133,3 +133,18 @@ async def test_reader_survives_a_redis_restart() -> None:
             assert after.epoch != before.epoch and after.seq == 1
         finally:
             await node.stop()
+
+
+async def test_a_burst_larger_than_the_connection_pool_waits_instead_of_failing(redis_url: str) -> None:
+    from backend.bus.redis import REDIS_MAX_CONNECTIONS
+
+    node = await _started(redis_url)
+    try:
+        burst = 3 * REDIS_MAX_CONNECTIONS  # e.g. a reconnect storm re-subscribing while REST writes publish
+        calls = [node.position(f"p{n % 7}") for n in range(burst)]
+        calls += [node.publish("apollo", "x", {"n": n}) for n in range(burst)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        published = [r for r in results if isinstance(r, Event)]
+        assert sorted(e.seq for e in published) == list(range(1, burst + 1))
+    finally:
+        await node.stop()

@@ -60,6 +60,7 @@ class Settings:
     history_ttl_s: float = 120.0
     bus_url: str = "memory://"
     log_level: str = "info"
+    gc_tuning: bool = True  # `dashboard serve` freezes start-up objects and makes full GC passes rare
     ws_path: str = "/ws/status-updates"
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -157,3 +157,18 @@ async def test_serve_rejects_bad_settings(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"DASHBOARD_HEARTBEAT_INTERVAL_MS" in result.stderr
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_thresholds() -> None:
+    import gc
+
+    from backend.cli import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

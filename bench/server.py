@@ -302,7 +302,7 @@ def main() -> None:
 
         for name in args.variant.split(","):
             VARIANTS[name]()
-    from backend.cli import DashboardServer, uvicorn_config
+    from backend.cli import DashboardServer, tune_gc, uvicorn_config
     from backend.logs import configure_logging
     from backend.settings import Settings
 
@@ -312,6 +312,8 @@ def main() -> None:
         inner, app = build_app_kind(settings)
         # DashboardServer finds the hub on `config.app.state`: expose the inner app's state on the wrapper.
         app.state = inner.state
+        if settings.gc_tuning:  # as `dashboard serve` does
+            tune_gc()
         DashboardServer(uvicorn_config(app, settings, args.host, args.port)).run()
     else:
         uvicorn.Server(uvicorn_config(build_bare_kind(), settings, args.host, args.port)).run()

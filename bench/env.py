@@ -6,6 +6,7 @@ sockets, `free_port()` for a loopback port, and `Child` to start a subprocess th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,3 +323,34 @@ class JsonLineChild:
                 self.proc.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), 10)
+
+
+async def serve_commands(handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], final: str,
+                         on_eof: Callable[[], Awaitable[Any]]) -> None:
+    """A worker process's control loop: one JSON command per stdin line, `await handle(msg)` written back as one
+    JSON line. Returns after answering the `final` command, or after `await on_eof()` when stdin closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            await on_eof()
+            return
+        msg = json.loads(line)
+        reply = await handle(msg)
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+        if msg.get("cmd") == final:
+            return
+
+
+def run_worker(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a worker's coroutine on uvloop when available, with the file-descriptor limit raised."""
+    raise_nofile()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())  # type: ignore[arg-type]
+    else:
+        uvloop.run(main())  # type: ignore[arg-type]

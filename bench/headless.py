@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import json
 import random
-import sys
 import time
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.env import raise_nofile
+from bench.env import run_worker, serve_commands
 
 
 def now_ms() -> float:
@@ -289,43 +288,26 @@ class Worker:
             await self.http.aclose()
         return {"stopped": len(self.clients)}
 
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        cmd = msg.get("cmd")
+        if cmd == "start":
+            return await self.cmd_start(msg)
+        if cmd == "status":
+            return self.cmd_status(float(msg.get("since", 0)))
+        if cmd == "have":
+            return self.cmd_have(int(msg["upto"]), list(msg.get("exclude", [])))
+        if cmd == "collect":
+            return self.cmd_collect(int(msg["total"]), float(msg.get("since", 0)), list(msg.get("exclude", [])))
+        if cmd == "stop":
+            return await self.cmd_stop()
+        return {"error": f"unknown cmd {cmd!r}"}
+
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                await self.cmd_stop()
-                return
-            msg = json.loads(line)
-            cmd = msg.get("cmd")
-            if cmd == "start":
-                reply = await self.cmd_start(msg)
-            elif cmd == "status":
-                reply = self.cmd_status(float(msg.get("since", 0)))
-            elif cmd == "have":
-                reply = self.cmd_have(int(msg["upto"]), list(msg.get("exclude", [])))
-            elif cmd == "collect":
-                reply = self.cmd_collect(int(msg["total"]), float(msg.get("since", 0)), list(msg.get("exclude", [])))
-            elif cmd == "stop":
-                reply = await self.cmd_stop()
-            else:
-                reply = {"error": f"unknown cmd {cmd!r}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-            if cmd == "stop":
-                return
+        await serve_commands(self.handle, final="stop", on_eof=self.cmd_stop)
 
 
 def main() -> None:
-    raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.run(Worker().serve())
-    except ImportError:
-        asyncio.run(Worker().serve())
+    run_worker(lambda: Worker().serve())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from array import array
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.env import raise_nofile
+from bench.env import run_worker, serve_commands
 
 
 class Conn:
@@ -162,44 +161,26 @@ class LoadGen:
                 c.task.cancel()
         return {"closed": len(self.conns)}
 
+    async def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        cmd = msg.get("cmd")
+        if cmd == "connect":
+            return await self.cmd_connect(msg)
+        if cmd == "reset":
+            return self.cmd_reset(int(msg.get("start", 1)))
+        if cmd == "wait":
+            return await self.cmd_wait(int(msg["per_conn"]), float(msg.get("wait_s", 30)))
+        if cmd == "dump":
+            return self.cmd_dump(str(msg["path"]))
+        if cmd == "close":
+            return await self.cmd_close()
+        return {"error": f"unknown cmd {cmd!r}"}
+
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                await self.cmd_close()
-                return
-            msg = json.loads(line)
-            cmd = msg.get("cmd")
-            if cmd == "connect":
-                reply = await self.cmd_connect(msg)
-            elif cmd == "reset":
-                reply = self.cmd_reset(int(msg.get("start", 1)))
-            elif cmd == "wait":
-                reply = await self.cmd_wait(int(msg["per_conn"]), float(msg.get("wait_s", 30)))
-            elif cmd == "dump":
-                reply = self.cmd_dump(str(msg["path"]))
-            elif cmd == "close":
-                reply = await self.cmd_close()
-                sys.stdout.write(json.dumps(reply) + "\n")
-                sys.stdout.flush()
-                return
-            else:
-                reply = {"error": f"unknown cmd {cmd!r}"}
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+        await serve_commands(self.handle, final="close", on_eof=self.cmd_close)
 
 
 def main() -> None:
-    raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.run(LoadGen().serve())
-    except ImportError:
-        asyncio.run(LoadGen().serve())
+    run_worker(lambda: LoadGen().serve())
 
 
 if __name__ == "__main__":

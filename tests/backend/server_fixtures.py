@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-with warnings.catch_warnings():
-    # Starlette 1.10 warns at import that it prefers `httpx2` over the installed `httpx`.
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
+from starlette.testclient import TestClient
 
 from backend.auth import issue_token
 from backend.bus.events import Event

@@ -144,6 +144,17 @@ def tracemalloc_report(path: str, per: int) -> dict[str, Any]:
     lines.append("## by file")
     for stat in snapshot.statistics("filename")[:20]:
         lines.append(f"{stat.size / per:9.0f} B  {stat.traceback[0].filename}")
+    lines.append("")
+    lines.append("## allocated from our code (backend/), by the innermost backend/ line on the traceback")
+    ours: dict[str, list[int]] = {}
+    for stat in snapshot.statistics("traceback"):
+        site = next((f"{f.filename}:{f.lineno}" for f in reversed(stat.traceback) if "/backend/" in f.filename), None)
+        if site is not None:
+            entry = ours.setdefault(site, [0, 0])
+            entry[0] += stat.size
+            entry[1] += stat.count
+    for site, (size, count) in sorted(ours.items(), key=lambda kv: -kv[1][0])[:25]:
+        lines.append(f"{size / per:9.0f} B  {count / per:7.2f} blocks  {site}")
     Path(path).write_text("\n".join(lines) + "\n")
     return {"written": path, "traced_bytes": total, "per_conn_bytes": total / per}
 

@@ -2,9 +2,9 @@
 
 Handshake: check the Origin, read the JWT from the `bearer.<jwt>` subprotocol (or `?token=`), always
 `accept()` first (selecting `dashboard.v1`, never the token) and only then close with 4403/4401/4409 after an
-error frame, so browsers can read the code. Then three tasks run per connection: the reader (client
-messages → `Session` + `Hub`), the writer (drains the `Outbox`) and the heartbeat (server pings, dead-peer
-and token-expiry deadlines). See docs/protocol.md for the contract.
+error frame, so browsers can read the code. Then `_Connection.run()` reads client messages (→ `Session` +
+`Hub`) in the endpoint's task, the `Outbox` writes, and the hub's `Deadlines` timer sends server pings and
+enforces the dead-peer and token-expiry deadlines. See docs/protocol.md for the contract.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from .session import (
 )
 
 _log = logging.getLogger("dashboard")
-CLOSE_TIMEOUT_S = 5.0  # how long the writer may take to get a close frame out to a stuck client
 _counter = itertools.count(1)
 
 
@@ -77,7 +76,12 @@ def credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
 
 
 class _Connection:
-    """The I/O around one `Session`: reader, writer and heartbeat tasks."""
+    """The I/O around one `Session`. The reader runs in the endpoint's own task; the outbox writes without a
+    task of its own; heartbeat and token-expiry deadlines sit on the hub's shared timer. So an idle
+    connection costs no task, future or timer handle beyond what uvicorn already holds."""
+
+    __slots__ = ("ws", "settings", "hub", "metrics", "store", "session", "outbox", "peer_code", "_task", "_reading",
+                 "_stopping", "_deadline")
 
     def __init__(
         self, websocket: WebSocket, settings: Settings, hub: Hub, metrics: Metrics, store: Any, session: Session, outbox: Outbox
@@ -90,68 +94,67 @@ class _Connection:
         self.session = session
         self.outbox = outbox
         self.peer_code: int | None = None  # close code sent by the client, if it closed first
+        self._task: asyncio.Task[Any] | None = None
+        self._reading = False
+        self._stopping = False
+        self._deadline: Any = None
 
     async def run(self) -> None:
-        reader = asyncio.create_task(self._read(), name=f"ws-read-{self.session.client_id}")
-        writer = asyncio.create_task(self._write(), name=f"ws-write-{self.session.client_id}")
-        beat = asyncio.create_task(self._heartbeat(), name=f"ws-beat-{self.session.client_id}")
-        closing = asyncio.create_task(self.outbox.closing.wait())
-        tasks = (reader, writer, beat, closing)
+        """Read until the client disconnects or the outbox is done (close sent, peer gone, close timed out)."""
+        task = self._task = asyncio.current_task()
+        self._reading = True
+        self.outbox.attach(self.ws, self._writer_done)
+        self._deadline = self.hub.deadlines.add(self.session.get_timer(), self._on_timer)
         try:
-            await asyncio.wait((reader, writer, closing), return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done() or self.outbox.close_code is not None:
-                # We are closing: give the writer a bounded time to flush and send the close frame.
-                await asyncio.wait((writer,), timeout=CLOSE_TIMEOUT_S)
+            await self._read()
+        except asyncio.CancelledError:
+            # Our own cancel (see `_stop_reading`) ends the read quietly; anyone else's propagates.
+            if not self._stopping or task is None or task.uncancel() > 0:
+                raise
         finally:
-            for task in tasks:
-                task.cancel()
-            # asyncio.wait, not gather: if we are cancelled meanwhile, our own CancelledError (with the
-            # canceller's message) must propagate, not a child's.
-            await asyncio.wait(tasks)
-            for task in tasks:
-                if not task.cancelled() and task.exception() is not None:
-                    _log.error("connection task %s failed", task.get_name(), exc_info=task.exception())
+            self._reading = False
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self.outbox.detach()
 
-    async def _write(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                frame = await self.outbox.next_frame()
-                if frame is None:
-                    await ws.close(self.outbox.close_code or frames.NORMAL, self.outbox.close_reason)
-                    return
-                await ws.send_text(frame)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return  # the client is gone; the reader sees the disconnect
+    def _writer_done(self) -> None:
+        # With uvicorn the reader already has the disconnect queued (it is queued when the close frame is sent,
+        # or when the peer went away); give it one loop turn to take it, then stop it if it is still waiting.
+        asyncio.get_running_loop().call_soon(self._stop_reading)
 
-    async def _heartbeat(self) -> None:
+    def _stop_reading(self) -> None:
+        if self._reading and self._task is not None and not self._stopping:
+            self._stopping = True
+            self._task.cancel()
+
+    def _on_timer(self, now: float) -> float | None:
+        """Heartbeat deadline reached: ping, or close on silence / token expiry. Returns the next deadline."""
         session, outbox = self.session, self.outbox
-        while outbox.close_code is None:
-            delay = session.get_timer() - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for action in session.handle_timer(time.monotonic()):
-                if action == SEND_PING:
-                    outbox.push(frames.PING)
-                elif action == TIMED_OUT:
-                    if outbox.close(frames.HEARTBEAT_TIMEOUT, "heartbeat timeout"):
-                        self.metrics.heartbeat_failures.inc()
-                        log_event(
-                            "ws.heartbeat_timeout",
-                            logging.WARNING,
-                            client_id=session.client_id,
-                            user_id=session.user_id,
-                            silent_s=round(time.monotonic() - session.last_received, 3),
-                        )
-                    return
-                elif action == TOKEN_EXPIRED:
-                    outbox.close(
-                        frames.AUTH_FAILED,
-                        "token expired",
-                        frame=frames.error("Authentication failed", "token expired"),
+        if outbox.close_code is not None:
+            return None
+        for action in session.handle_timer(now):
+            if action == SEND_PING:
+                outbox.push(frames.PING)
+            elif action == TIMED_OUT:
+                if outbox.close(frames.HEARTBEAT_TIMEOUT, "heartbeat timeout"):
+                    self.metrics.heartbeat_failures.inc()
+                    log_event(
+                        "ws.heartbeat_timeout",
+                        logging.WARNING,
+                        client_id=session.client_id,
+                        user_id=session.user_id,
+                        silent_s=round(now - session.last_received, 3),
                     )
-                    log_event("ws.token_expired", client_id=session.client_id, user_id=session.user_id)
-                    return
+                return None
+            elif action == TOKEN_EXPIRED:
+                outbox.close(
+                    frames.AUTH_FAILED,
+                    "token expired",
+                    frame=frames.error("Authentication failed", "token expired"),
+                )
+                log_event("ws.token_expired", client_id=session.client_id, user_id=session.user_id)
+                return None
+        return session.get_timer()
 
     async def _read(self) -> None:
         ws, session, outbox = self.ws, self.session, self.outbox
@@ -315,6 +318,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     exp = claims.get("exp")
     expires_at = now + (float(exp) + settings.jwt_leeway_s - time.time()) if isinstance(exp, (int, float)) else None
     session = Session(settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at)
+    del claims, token, user  # this frame lives as long as the connection: keep only what is needed
     epoch = getattr(hub.bus, "epoch", "")
     outbox.push(frames.connected(client_id, user_id, settings.heartbeat_interval_ms, epoch))
     metrics.connections_total.labels(status="accepted").inc()

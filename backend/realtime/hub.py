@@ -23,8 +23,9 @@ from ..logs import log_event
 from ..metrics import Metrics
 from ..settings import Settings
 from . import frames
-from .outbox import Outbox
+from .outbox import Flusher, Outbox
 from .session import Since
+from .timers import Deadlines
 
 
 class Refused(Exception):
@@ -68,6 +69,8 @@ class Hub:
         self._unlisten: Unsubscribe | None = None
         self._empty = asyncio.Event()
         self._empty.set()
+        self.flusher = Flusher()  # writes every outbox that got frames, once per loop iteration
+        self.deadlines = Deadlines()  # every connection's heartbeat/expiry deadline, on one loop timer
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -83,6 +86,7 @@ class Hub:
             self._drop_subscriptions(outbox)
             outbox.close(frames.GOING_AWAY, "server stopping")
         await self.wait_empty(2.0)
+        self.deadlines.close()
 
     async def drain(self, wait_s: float = 2.0) -> int:
         """Graceful shutdown: refuse new connections, tell every client to reconnect within
@@ -120,7 +124,7 @@ class Hub:
         cap = self.settings.max_connections_per_user
         if cap and self._per_user[user_id] >= cap:
             raise Refused(frames.TOO_MANY_CONNECTIONS, "Too many connections", f"at most {cap} connections per user")
-        outbox = Outbox(client_id, user_id, self.settings.send_queue_size)
+        outbox = Outbox(client_id, user_id, self.settings.send_queue_size, flusher=self.flusher)
         self._clients.add(outbox)
         self._per_user[user_id] += 1
         self._empty.clear()
@@ -224,14 +228,24 @@ class Hub:
     # -- fan-out --------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        """Bus listener: queue `event.frame` for every subscriber of its project. Never awaits."""
+        """Bus listener: queue `event.frame` for every subscriber of its project. Never awaits; the outboxes
+        send in one flusher callback at the next loop iteration."""
         subs = self._subscriptions.get(event.project_id)
         if not subs:
             return
         started = time.perf_counter()
         delivered = 0
-        for sub in tuple(subs.values()):
-            delivered += self._deliver(event.project_id, sub, event)
+        epoch, seq, frame = event.epoch, event.seq, event.frame
+        for sub in tuple(subs.values()):  # `_deliver`, inlined: this loop runs once per subscriber per event
+            if sub.pending is not None:
+                sub.pending.append(event)
+            elif epoch == sub.epoch and seq <= sub.seq:
+                continue  # already replayed, or older than the position reported in `subscribed`
+            elif sub.outbox.offer(frame):
+                sub.epoch, sub.seq = epoch, seq
+                delivered += 1
+            else:
+                self._overflow(sub.outbox)
         if delivered:
             self.metrics.events_delivered.inc(delivered)
         self.metrics.broadcast_duration.observe(time.perf_counter() - started)

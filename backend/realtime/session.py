@@ -3,7 +3,7 @@ the rate-limit token bucket, heartbeat and token-expiry deadlines. No I/O and no
 `now` (monotonic seconds).
 
 The endpoint calls `received(now)` and `allow(now)` for each client message, then `parse(text)`;
-its heartbeat task sleeps until `get_timer()` and runs the actions of `handle_timer(now)`.
+the hub's `Deadlines` timer calls `handle_timer(now)` at `get_timer()` and the endpoint runs its actions.
 """
 
 from __future__ import annotations
@@ -118,6 +118,11 @@ def parse(text: str) -> Command:
 
 class Session:
     """One connection's state. `expires_at` is the token expiry on the same monotonic clock as `now`."""
+
+    __slots__ = (
+        "client_id", "user_id", "connected_at", "expires_at", "subscriptions", "max_subscriptions", "_interval",
+        "_misses", "_last_received", "_next_ping", "_rate", "_burst", "_tokens", "_refilled_at",
+    )
 
     def __init__(
         self,

@@ -87,8 +87,8 @@ class Client:
         if outbox is None:
             return
         replay: dict[str, list[int]] = {}
-        while len(outbox):
-            message = json.loads(outbox._frames.popleft()[0])  # noqa: SLF001
+        for frame in outbox.take():
+            message = json.loads(frame)
             project = message.get("projectId")
             if message["type"] == "event":
                 expected = self.expect.get(project)
@@ -108,7 +108,6 @@ class Client:
                 if self.expect.get(project) is None:
                     self.expect[project] = message["seq"] + 1
                 self.positions[project] = (message["epoch"], message["seq"])
-        outbox._live = 0  # noqa: SLF001
         assert not replay, replay
 
 

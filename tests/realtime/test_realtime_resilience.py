@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -197,19 +198,30 @@ async def test_resume_after_server_restart_with_memory_bus_is_not_recovered() ->
         ]
 
 
-async def test_fan_out_to_many_clients_keeps_order() -> None:
+async def _server_tasks(live: LiveServer) -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks())
+
+    return int(await live.call(count))
+
+
+async def test_fan_out_to_many_clients_keeps_order_without_a_task_per_connection() -> None:
     settings = make_settings(max_connections_per_user=0)
     with LiveServer(settings) as live:
         token = token_for(settings)
+        before = await _server_tasks(live)
         clients = [await open_ws(live, token).__aenter__() for _ in range(20)]
         try:
             for ws in clients:
                 await recv_type(ws, "connected")
                 await subscribe(ws, "apollo")
+            # uvicorn runs each connection in one task; our reader, writer and heartbeat add none.
+            assert await _server_tasks(live) - before == len(clients)
             await live.publish_many("apollo", 30)
             for ws in clients:
                 seqs = [(await recv_type(ws, "event"))["seq"] for _ in range(30)]
                 assert seqs == list(range(1, 31))
+            assert await _server_tasks(live) - before == len(clients)
         finally:
             for ws in clients:
                 await ws.close()

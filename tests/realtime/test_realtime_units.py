@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -120,36 +121,128 @@ def test_session_subscription_cap() -> None:
 # -- Outbox --------------------------------------------------------------------------------------
 
 
-async def test_outbox_bounds_live_frames_only_and_closes_after_flush() -> None:
-    outbox = Outbox("c", "u", limit=2)
-    assert outbox.offer("e1") and outbox.offer("e2")
-    assert not outbox.offer("e3")
+class FakeSocket:
+    """A sender like uvicorn's: `send_text` completes at once unless the test pauses the transport, then it
+    waits (as uvicorn's `send()` waits for `writable`) until `resume()`."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str | None] | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.suspended = 0  # sends that had to wait
+        self.fail: Exception | None = None
+
+    async def send_text(self, data: str) -> None:
+        if not self.writable.is_set():
+            self.suspended += 1
+        await self.writable.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append(data)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await self.writable.wait()
+        self.closed = (code, reason)
+
+
+async def _settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def _attached(limit: int, **kwargs: Any) -> tuple[Outbox, FakeSocket, list[str]]:
+    outbox, socket, done = Outbox("c", "u", limit=limit, **kwargs), FakeSocket(), []
+    outbox.attach(socket, lambda: done.append("done"))
+    return outbox, socket, done
+
+
+async def test_outbox_writes_without_a_task_while_the_transport_is_writable() -> None:
+    outbox, socket, done = _attached(limit=2)
+    tasks_before = len(asyncio.all_tasks())
+    assert outbox.offer("e1") and outbox.offer("e2") and outbox.offer("e3")
+    assert not outbox.offer("e4")  # e1 is being sent; e2 and e3 wait behind it: the bound holds until then
     outbox.push("reply")  # replies are never refused
-    assert await outbox.next_frame() == "e1"
-    assert outbox.offer("e3")
+    await _settle()
+    assert socket.sent == ["e1", "e2", "e3", "reply"] and len(outbox) == 0
+    assert len(asyncio.all_tasks()) == tasks_before and not outbox.backlogged
     assert outbox.close(1012, "restart", frame="bye", flush=True)
     assert not outbox.close(4000)  # the first close wins
-    assert [await outbox.next_frame() for _ in range(4)] == ["e2", "reply", "e3", "bye"]
-    assert await outbox.next_frame() is None
-    assert outbox.close_code == 1012
+    await _settle()
+    assert socket.sent[-1] == "bye" and socket.closed == (1012, "restart") and done == ["done"]
+
+
+async def test_outbox_paused_transport_keeps_order_and_bounds_the_backlog() -> None:
+    outbox, socket, done = _attached(limit=3)
+    socket.writable.clear()  # the client stopped reading
+    assert outbox.offer("e1")
+    await _settle()
+    assert outbox.backlogged and socket.suspended == 1
+    assert outbox.offer("e2") and outbox.offer("e3") and outbox.offer("e4")
+    assert not outbox.offer("e5")  # e2..e4 wait behind the suspended e1: the live backlog is full
+    outbox.push("pong")
+    socket.writable.set()
+    await _settle()
+    assert socket.sent == ["e1", "e2", "e3", "e4", "pong"]
+    assert not outbox.backlogged and done == []
+    outbox.offer("e6")  # back on the fast path
+    await _settle()
+    assert socket.sent[-1] == "e6" and not outbox.backlogged
 
 
 async def test_outbox_close_without_flush_drops_the_backlog() -> None:
-    outbox = Outbox("c", "u", limit=5)
-    outbox.offer("e1")
+    outbox, socket, done = _attached(limit=5)
+    outbox.offer("e1")  # already handed to the flusher: it goes out
+    outbox.offer("e2")
+    outbox.push("reply")
     outbox.close(4008, "slow consumer")
-    assert await outbox.next_frame() is None
+    await _settle()
+    assert socket.sent == ["e1"] and socket.closed == (4008, "slow consumer") and done == ["done"]
+
+
+async def test_outbox_gives_up_a_close_the_client_never_reads() -> None:
+    outbox, socket, done = _attached(limit=5, close_timeout_s=0.05)
+    socket.writable.clear()
+    outbox.push("x")
+    outbox.close(4000, "heartbeat timeout")
+    await asyncio.wait_for(_until(lambda: done == ["done"]), 2)
+    assert socket.closed is None and not outbox.backlogged
+
+
+async def test_outbox_send_failure_ends_it_and_spares_other_outboxes() -> None:
+    from backend.realtime.outbox import Flusher
+
+    flusher = Flusher()
+    broken, ok = Outbox("a", "u", 5, flusher=flusher), Outbox("b", "u", 5, flusher=flusher)
+    broken_socket, ok_socket, done = FakeSocket(), FakeSocket(), []
+    broken_socket.fail = ConnectionResetError("gone")
+    broken.attach(broken_socket, lambda: done.append("a"))
+    ok.attach(ok_socket, lambda: done.append("b"))
+    for outbox in (broken, ok):
+        outbox.offer("e1")
+        outbox.offer("e2")
+    await _settle()
+    assert done == ["a"] and ok_socket.sent == ["e1", "e2"] and len(broken) == 0
+
+
+async def test_outbox_without_a_sender_only_queues() -> None:
+    outbox = Outbox("c", "u", limit=1)
+    outbox.offer("e1")
+    outbox.push("reply")
+    outbox.close(1000, flush=True)
+    assert outbox.take() == ["e1", "reply"] and len(outbox) == 0
+
+
+async def _until(predicate: Any, step: float = 0.01) -> None:
+    while not predicate():
+        await asyncio.sleep(step)
 
 
 # -- Hub -----------------------------------------------------------------------------------------
 
 
 def _frames(outbox: Outbox) -> list[dict[str, Any]]:
-    out = []
-    while len(outbox):
-        out.append(json.loads(outbox._frames.popleft()[0]))  # noqa: SLF001 (test reads the queue directly)
-    outbox._live = 0  # noqa: SLF001
-    return out
+    return [json.loads(frame) for frame in outbox.take()]  # an outbox without a sender just queues
 
 
 def _hub(bus: Any, **settings: Any) -> Hub:
@@ -290,3 +383,50 @@ async def test_failed_subscribe_leaves_no_subscription() -> None:
     assert hub.subscriber_count("apollo") == 0
     assert hub.metrics.registry.get_sample_value("websocket_active_subscriptions") == 0
     assert len(outbox) == 0
+
+
+# -- Deadlines -----------------------------------------------------------------------------------
+
+
+async def test_deadlines_fire_in_order_on_one_timer_and_reschedule() -> None:
+    from backend.realtime.timers import Deadlines
+
+    clock = [100.0]
+    deadlines = Deadlines(clock=lambda: clock[0])
+    fired: list[tuple[str, float]] = []
+
+    def cb(name: str, again: float | None = None) -> Any:
+        def run(now: float) -> float | None:
+            fired.append((name, now))
+            return None if again is None else now + again
+
+        return run
+
+    deadlines.add(100.03, cb("late"))
+    cancelled = deadlines.add(100.01, cb("cancelled"))
+    deadlines.add(100.02, cb("repeats", again=0.02))
+    deadlines.add(100.005, cb("early"))  # earlier than the armed timer: re-armed
+    cancelled.cancel()
+    assert len(deadlines) == 3
+    for step in (100.006, 100.021, 100.031, 100.045):
+        clock[0] = step
+        await asyncio.sleep(0.03)  # the loop timer fires on the real clock; `now` comes from ours
+    deadlines.close()
+    assert [name for name, _ in fired] == ["early", "repeats", "late", "repeats"]
+    assert all(now >= 100.005 for _, now in fired)
+
+
+async def test_a_failing_deadline_callback_does_not_stop_the_others(caplog: Any) -> None:
+    from backend.realtime.timers import Deadlines
+
+    deadlines = Deadlines()
+    ran: list[str] = []
+
+    def boom(now: float) -> float | None:
+        raise ValueError("bug")
+
+    deadlines.add(time.monotonic(), boom)
+    deadlines.add(time.monotonic(), lambda now: ran.append("ok") or None)
+    await asyncio.sleep(0.05)
+    deadlines.close()
+    assert ran == ["ok"] and "deadline callback failed" in caplog.text

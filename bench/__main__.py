@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="fan-out N list, e.g. 1000,5000")
     parser.add_argument("--workers", type=int, help="fan-out load-generator processes")
     parser.add_argument("--repeat", type=int, help="fan-out runs per (N, server); medians are compared")
-    parser.add_argument("--kinds", type=lambda s: s.split(","), help="fan-out servers: bare,app[,app-redis]")
+    parser.add_argument("--kinds", type=lambda s: s.split(","), help="fan-out servers: bare,app[,app-redis]; browser: pages, e.g. js-floor,micropython")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server to CPU 0 and clients to CPU 1")
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
     parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             bcfg.runs = 2
         if args.runs:
             bcfg.runs = args.runs
+        if args.kinds:
+            bcfg.pages = args.kinds
         if args.out:
             bcfg.out = prefix + args.out
         run_browser(bcfg)

@@ -85,3 +85,27 @@ def test_pyodide_cold_start(page, server, requests_seen):
     assert any(url.endswith("/vendor/pyodide/pyodide.asm.wasm") for url in requests_seen)
     assert not any("micropython" in url for url in requests_seen)
     assert only_localhost(requests_seen) == []
+
+
+def test_signed_in_reload_starts_its_reads_before_python_and_makes_each_once(page, server):
+    login_live(page, server)
+    seen: list[tuple[str, str]] = []
+    page.on("request", lambda req: seen.append((req.method, req.url.replace(server.url, ""))))
+    warnings: list[str] = []
+    page.on("console", lambda msg: warnings.append(msg.text) if msg.type in ("warning", "error") else None)
+    page.add_init_script(
+        "window.addEventListener('mpy:ready', () => { window.__mpyReadyAt ??= performance.now(); }, true);")
+    page.reload()
+    expect(status(page)).to_have_attribute("data-state", "live", timeout=BOOT_TIMEOUT_MS)
+    expect(page.get_by_test_id("story").first).to_be_visible()
+    paths = [path for method, path in seen if method == "GET"]
+    # index.html made these two reads itself, before MicroPython was even ready; Python took them.
+    assert paths.count("/api/config") == 1 and paths.count("/api/projects") == 1
+    started, ready = page.evaluate(
+        "() => [performance.getEntriesByName(location.origin + '/api/projects')[0].startTime, window.__mpyReadyAt]")
+    assert ready is not None and started < ready
+    # Every preloaded file was used by PyScript: a preload it could not use would be fetched twice.
+    client_files = [path for path in paths if path.startswith("/web/client/")]
+    assert len(client_files) == len(set(client_files)) >= 17
+    assert paths.count("/vendor/micropython/micropython.wasm") == 1
+    assert [w for w in warnings if "preload" in w.lower()] == []

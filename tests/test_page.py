@@ -38,7 +38,7 @@ def test_index_carries_a_same_origin_content_security_policy(client) -> None:
         ("/vendor/micropython/micropython.wasm", "application/wasm"),
         ("/vendor/pyodide/pyodide.mjs", "javascript"),
         ("/web/main.py", "python"),
-        ("/web/pyscript.toml", ""),
+        ("/web/pyscript.json", "json"),
     ],
 )
 def test_runtimes_and_client_files_are_served_locally(client, path: str, media: str) -> None:
@@ -48,7 +48,7 @@ def test_runtimes_and_client_files_are_served_locally(client, path: str, media: 
 
 
 def test_page_and_configs_name_no_other_origin() -> None:
-    texts = [ROOT / "index.html", *Path(ROOT / "web").glob("*.toml")]
+    texts = [ROOT / "index.html", *Path(ROOT / "web").glob("*.json")]
     for path in texts:
         urls = re.findall(r"(?:https?:)?//[\w.-]+", path.read_text())
         assert urls == [], (path.name, urls)

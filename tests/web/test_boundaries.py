@@ -1,14 +1,15 @@
 """Layering rules of the browser client, checked on the source.
 
 - Only `web/client/browser/` and `web/main.py` may import `js`, `pyscript` or `pyodide`.
-- Both PyScript configs map every `web/client/**.py` into the browser FS, point the interpreter at a
-  local URL and never ask for `packages` (which would pull micropip from a CDN).
+- Both PyScript configs (JSON, so PyScript needs no TOML parser) map every `web/client/**.py` into the
+  browser FS, point the interpreter at a local URL and never ask for `packages` (which would pull micropip
+  from a CDN); `index.html` preloads exactly those files.
 - `index.html` loads PyScript from our own server only.
 """
 
 import ast
+import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ VENDOR_DIRS = {
     "/vendor/pyodide/pyodide.mjs": "pyodide/pyodide.mjs",
 }
 CONFIGS = {
-    "pyscript.toml": "/vendor/micropython/micropython.mjs",
-    "pyscript-pyodide.toml": "/vendor/pyodide/pyodide.mjs",
+    "pyscript.json": "/vendor/micropython/micropython.mjs",
+    "pyscript-pyodide.json": "/vendor/pyodide/pyodide.mjs",
 }
+PRELOAD = re.compile(r"(/\* BEGIN CLIENT FILES[^*]*\*/ )(\[.*?\])( /\* END CLIENT FILES \*/)", re.S)
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -61,7 +63,7 @@ def test_the_scan_sees_browser_imports():
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_pyscript_config_maps_every_client_module(name):
-    config = tomllib.loads((WEB / name).read_text())
+    config = json.loads((WEB / name).read_text())
     mapped = {}
     for url, target in config.get("files", {}).items():
         assert url.startswith("/web/client/"), url
@@ -74,7 +76,7 @@ def test_pyscript_config_maps_every_client_module(name):
 
 @pytest.mark.parametrize("name,interpreter", sorted(CONFIGS.items()))
 def test_pyscript_config_stays_local(name, interpreter):
-    config = tomllib.loads((WEB / name).read_text())
+    config = json.loads((WEB / name).read_text())
     assert config["interpreter"] == interpreter
     assert (ROOT / "node_modules" / VENDOR_DIRS[interpreter]).is_file()
     assert "packages" not in config
@@ -94,24 +96,28 @@ def test_index_html_loads_everything_from_our_origin():
     assert "http://" not in html and "https://" not in html
 
 
+def test_index_html_preloads_exactly_the_client_files():
+    match = PRELOAD.search((ROOT / "index.html").read_text())
+    assert match is not None
+    assert json.loads(match.group(2)) == client_urls()
+
+
+def client_urls() -> list[str]:
+    return ["/web/" + path.relative_to(WEB).as_posix() for path in client_files()]
+
+
 def render_config(interpreter: str) -> str:
-    """The text of a PyScript config for `interpreter` mapping every client module."""
-    kind = "MicroPython" if "micropython" in interpreter else "Pyodide"
-    lines = [
-        f"# PyScript config for the dashboard page ({kind}). Every web/client/**.py is mapped into the browser FS;",
-        "# regenerate with `python tests/web/test_boundaries.py` (the tests check the list).",
-        "# Never add `packages`: everything is served from our own origin.",
-        f'interpreter = "{interpreter}"',
-        "",
-        "[files]",
-    ]
-    for path in client_files():
-        source = path.relative_to(WEB).as_posix()
-        lines.append(f'"/web/{source}" = "./{source}"')
-    return "\n".join(lines) + "\n"
+    """The PyScript config for `interpreter`, mapping every client module (JSON: PyScript parses it natively)."""
+    files = {url: "./" + url[len("/web/") :] for url in client_urls()}
+    return json.dumps({"interpreter": interpreter, "files": files}, indent=2) + "\n"
 
 
 if __name__ == "__main__":
     for config_name, config_interpreter in CONFIGS.items():
         (WEB / config_name).write_text(render_config(config_interpreter))
         print("wrote", WEB / config_name)
+    index = ROOT / "index.html"
+    html = index.read_text()
+    listing = "[\n" + "".join(f'        "{url}",\n' for url in client_urls()).rstrip(",\n") + "\n      ]"
+    index.write_text(PRELOAD.sub(lambda m: m.group(1) + listing + m.group(3), html, count=1))
+    print("wrote", index)

@@ -15,6 +15,7 @@ Timers use the global `js.setTimeout`/`js.clearTimeout`: under MicroPython 1.27 
 import asyncio
 import json
 
+from . import prefetch
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js
 
 LOG_PREFIX = "[WebSocket]"
@@ -269,10 +270,14 @@ class BrowserAdapter:
         options["signal"] = js.AbortSignal.timeout(FETCH_TIMEOUT_MS)
         status = 0
         body_text = ""
+        early = await prefetch.take(str(path), token) if method == "GET" and body is None else None
         try:
-            response = await js.fetch(str(path), to_js(options))
-            status = int(response.status)
-            body_text = text(await response.text())
+            if early is not None:
+                status, body_text = early
+            else:
+                response = await js.fetch(str(path), to_js(options))
+                status = int(response.status)
+                body_text = text(await response.text())
         except Exception as exc:  # network error, abort or timeout: status 0
             status = 0
             body_text = ""

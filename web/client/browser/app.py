@@ -11,9 +11,9 @@ import json
 from client import presenter
 from client.runtime import Runtime
 
-from . import storage
+from . import prefetch, storage
 from .adapter import BrowserAdapter, socket_url
-from .ffi import is_none, js, now_ms, text, to_js, wall_ms
+from .ffi import is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
 DEFAULT_CONFIG = {"wsPath": "/ws/status-updates"}
@@ -90,9 +90,12 @@ class DashboardApp:
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
         try:
-            response = await js.fetch("/api/config", to_js({"cache": "no-store"}))
-            if int(response.status) == 200:
-                loaded = json.loads(text(await response.text()))
+            early = await prefetch.take("/api/config")
+            if early is None:
+                response = await js.fetch("/api/config", to_js({"cache": "no-store"}))
+                early = int(response.status), text(await response.text())
+            if early[0] == 200:
+                loaded = json.loads(early[1])
                 if isinstance(loaded, dict):
                     self.config.update(loaded)
         except Exception as exc:
@@ -355,7 +358,22 @@ class DashboardApp:
 
 
 def main():
-    """Entry point for `web/main.py`: build the app and start booting."""
+    """Entry point for `web/main.py`: build the app and start booting. index.html starts PyScript from
+    `<head>`, so if the body is not parsed yet (it practically always is by then) wait for it."""
+    if text(js.document.readyState) != "loading":
+        return _start()
+    waiting = []
+
+    def on_parsed(event=None):
+        release(waiting.pop())
+        _start()
+
+    waiting.append(proxy(on_parsed))
+    js.document.addEventListener("DOMContentLoaded", waiting[0])
+    return None
+
+
+def _start():
     app = DashboardApp()
     asyncio.create_task(app.boot())
     return app

@@ -207,7 +207,7 @@ async def run_one(cfg: FanoutConfig, n: int, kind: str, tmp: Path, rep: int = 0)
     Path(env["DASHBOARD_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
     log = RAW / f"server-{cfg.tag}-{kind}-{n}.log"
     # kind = "bare" | "app" | "app-<part>-<part>…": part "redis" selects the Redis bus (publish goes through Redis
-    # Streams and back), any other part names a bench.variants experiment (e.g. app-lean-direct, app-redis-redispool)
+    # Streams and back), any other part names a bench.variants experiment (e.g. app-gc, app-redis-redispool)
     parts = kind.split("-")[1:]
     variants = [p for p in parts if p != "redis"]
     redis = None

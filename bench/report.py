@@ -14,8 +14,7 @@ from typing import Any
 from bench.env import RESULTS, ROOT
 
 DOC = ROOT / "docs" / "performance.md"
-COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green", "app-direct": "tab:purple", "app-lean": "tab:olive",
-          "app-lean-direct": "tab:red"}
+COLORS = {"app": "tab:blue", "bare": "tab:gray", "app-redis": "tab:green", "app-gc": "tab:purple"}
 BEGIN = "<!-- BEGIN GENERATED (python -m bench report) -->"
 END = "<!-- END GENERATED -->"
 
@@ -315,37 +314,6 @@ def plot_browser(data: dict[str, Any], d: Path) -> None:
     plt.close(fig)
 
 
-def variants_md(data: dict[str, Any]) -> list[str]:
-    out = ["### Experiments: the proposed server changes, measured (`bench/variants.py`)", ""]
-    out.append("Same fan-out run with bench-only patches of our server (see `bench/variants.py`): `gc` = `gc.freeze()` at "
-               "start and generation-0 threshold 50 000; `lean` = reader in the endpoint task, heartbeat on a timer "
-               "handle, no closing-waiter task or event; `direct` = one sender task per event for subscribers whose "
-               "queue is empty; names joined with `-` combine them. "
-               f"{data['settings']['repeat']} run(s) each, medians.")
-    out.append("")
-    out.append("| N | server | KB / connection (marginal) | ratio to bare | CPU µs/delivery at the latency step | "
-               "gen-2 GC passes in that step (ms) | burst deliveries/s | burst CPU µs/delivery | capacity ratio to bare | "
-               "p50 / p99 ms at the latency step | lost |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    from bench.fanout import _agg  # the same medians the verdict uses
-
-    target = data["settings"]["target_step"]
-    for n in sorted({r["n"] for r in data["runs"]}):
-        bare = _agg(data["runs"], n, "bare", target)
-        for kind in data["settings"]["kinds"]:
-            a = _agg(data["runs"], n, kind, target)
-            if not a or not bare:
-                continue
-            runs = [r for r in data["runs"] if r["n"] == n and r["kind"] == kind and "steps" in r]
-            gcs = [r["steps"][a["step"]].get("gc", {}).get("2") for r in runs]
-            gc_txt = ", ".join(f"{g['count']} ({g['total_ms']:.0f})" for g in gcs if g) or "–"
-            out.append(f"| {n} | {kind} | {_f(a['mem_kb'])} | {_f(a['mem_kb'] / bare['mem_kb'], 2)} | "
-                       f"{_f(a['step_cpu_us'])} | {gc_txt} | {_f(a['burst_dps'], 0)} | {_f(a['burst_cpu_us'])} | "
-                       f"{_f(bare['burst_cpu_us'] / a['burst_cpu_us'], 2)} | {_f(a['p50'])} / {_f(a['p99'])} | {a['lost']} |")
-    out.append("")
-    return out
-
-
 def redis_md(data: dict[str, Any]) -> list[str]:
     out = ["### Our server with the Redis bus (publish → Redis Streams → reader task → fan-out)", ""]
     out.append("| N | server | connected | connect errors | step | offered del/s | achieved del/s | p50 ms | p99 ms | "
@@ -383,7 +351,7 @@ def profile_md(data: dict[str, Any], rel: str) -> list[str]:
 def write(d: Path = RESULTS, docs: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     fan, browser, prof = _load(d, "fanout.json"), _load(d, "browser.json"), _load(d, "profile.json")
-    fan_redis, fan_variants = _load(d, "fanout-redis.json"), _load(d, "fanout-variants.json")
+    fan_redis = _load(d, "fanout-redis.json")
     storms = [(p.stem, _load(d, p.name)) for p in sorted(d.glob("storm*.json"), key=lambda p: (p.stem != "storm", p.stem))]
     sections: list[list[str]] = []
     for data, md, plot in ((fan, fanout_md, plot_fanout), (browser, browser_md, plot_browser)):
@@ -406,8 +374,6 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
         storm_sections.append(storm_md(data, "", stem))
     at = 2 if fan else 0
     sections[at:at] = storm_sections
-    if fan_variants is not None:
-        sections.append(variants_md(fan_variants))
     if fan_redis is not None:
         sections.append(redis_md(fan_redis))
     if prof is not None:
@@ -425,8 +391,6 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
             doc_body += storm_md(data, rel, stem)  # type: ignore[arg-type]
         if browser is not None:
             doc_body += browser_md(browser, rel)
-        if fan_variants is not None:
-            doc_body += variants_md(fan_variants)
         if fan_redis is not None:
             doc_body += redis_md(fan_redis)
         if prof is not None:

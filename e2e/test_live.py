@@ -105,7 +105,7 @@ def test_signed_in_reload_starts_its_reads_before_python_and_makes_each_once(pag
         "() => [performance.getEntriesByName(location.origin + '/api/projects')[0].startTime, window.__mpyReadyAt]")
     assert ready is not None and started < ready
     # Every preloaded file was used by PyScript: a preload it could not use would be fetched twice.
-    client_files = [path for path in paths if path.startswith("/web/client/")]
+    client_files = [path for path in paths if path.startswith("/web/mpy/client/")]  # MicroPython: bytecode
     assert len(client_files) == len(set(client_files)) >= 17
     assert paths.count("/vendor/micropython/micropython.wasm") == 1
     assert [w for w in warnings if "preload" in w.lower()] == []

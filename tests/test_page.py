@@ -52,3 +52,32 @@ def test_page_and_configs_name_no_other_origin() -> None:
     for path in texts:
         urls = re.findall(r"(?:https?:)?//[\w.-]+", path.read_text())
         assert urls == [], (path.name, urls)
+
+
+def test_client_modules_are_served_as_micropython_bytecode(client) -> None:
+    response = client.get("/web/mpy/client/runtime.mpy")
+    assert response.status_code == 200
+    assert response.content[:2] == b"M\x06"  # .mpy header: magic, format version 6 (MicroPython 1.27)
+    etag = response.headers["etag"]
+    assert client.get("/web/mpy/client/runtime.mpy", headers={"If-None-Match": etag}).status_code == 304
+    assert client.get("/web/mpy/client/browser/app.mpy").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/web/mpy/client/missing.mpy", "/web/mpy/client/runtime.py", "/web/mpy/main.mpy", "/web/mpy/client/../../backend/app.mpy"]
+)
+def test_bytecode_route_serves_client_modules_only(client, path: str) -> None:
+    assert client.get(path).status_code == 404
+
+
+def test_edited_module_is_recompiled(tmp_path) -> None:
+    from backend.bytecode import CompiledClient
+
+    (tmp_path / "client").mkdir()
+    module = tmp_path / "client" / "m.py"
+    module.write_text("X = 1\n")
+    compiled = CompiledClient(tmp_path / "client")
+    first = compiled.get("client/m.mpy")
+    module.write_text("X = 2  # edited\nY = 3\n")
+    second = compiled.get("client/m.mpy")
+    assert first is not None and second is not None and first[0] != second[0] and first[1] != second[1]

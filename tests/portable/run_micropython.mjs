@@ -1,6 +1,7 @@
 // Runs tests/portable/scenario.py under the MicroPython WebAssembly build (the browser's default
 // interpreter) inside Node, with web/client/*.py copied into its in-memory file system.
-// Usage: node tests/portable/run_micropython.mjs <repo root>   -> the trace on stdout, exit 1 on error.
+// Usage: node tests/portable/run_micropython.mjs <repo root> [<folder of .mpy modules>]
+//        -> the trace on stdout, exit 1 on error.
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
@@ -19,10 +20,13 @@ const mp = await loadMicroPython({
 
 mp.FS.mkdir("/portable");
 mp.FS.mkdir("/portable/client");
-const clientDir = join(root, "web/client");
+// Optional third argument: a folder of the client modules precompiled to .mpy (what the page imports).
+const compiledDir = process.argv[3];
+const clientDir = compiledDir || join(root, "web/client");
+const extension = compiledDir ? ".mpy" : ".py";
 for (const name of readdirSync(clientDir).sort()) {
-  if (name.endsWith(".py")) {
-    mp.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name), "utf8"));
+  if (name.endsWith(extension)) {
+    mp.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name)));
   }
 }
 mp.FS.writeFile("/portable/scenario.py", readFileSync(join(root, "tests/portable/scenario.py"), "utf8"));

@@ -1,5 +1,6 @@
 """Portability proof: the same scenario gives the same trace on CPython, on the MicroPython
-WebAssembly build (the browser's default interpreter) and on Pyodide, both running in Node."""
+WebAssembly build (the browser's default interpreter), also from the `.mpy` bytecode the page imports, and on
+Pyodide, all running in Node."""
 
 import importlib.util
 import shutil
@@ -55,13 +56,27 @@ RUNNERS = {
 }
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run the WebAssembly interpreters")
-@pytest.mark.parametrize("interpreter", sorted(RUNNERS))
-def test_webassembly_trace_is_identical_to_cpython(interpreter):
-    runner, entry = RUNNERS[interpreter]
+def compiled_client(tmp_path: Path) -> Path:
+    """The top-level client modules compiled to .mpy exactly as the server compiles them for the page."""
+    from backend.bytecode import compile_module
+
+    for source in sorted((ROOT / "web" / "client").glob("*.py")):
+        (tmp_path / (source.stem + ".mpy")).write_bytes(compile_module(source, f"client/{source.name}"))
+    return tmp_path
+
+
+NEEDS_NODE = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: cannot run the WebAssembly interpreters")
+
+
+@NEEDS_NODE
+@pytest.mark.parametrize("interpreter", [*sorted(RUNNERS), "micropython-bytecode"])
+def test_webassembly_trace_is_identical_to_cpython(interpreter, tmp_path):
+    runner, entry = RUNNERS[interpreter.removesuffix("-bytecode")]
     assert entry.is_file(), f"{entry} is missing (npm ci)"
+    # "-bytecode": the .mpy files the page imports; a mismatch between mpy-cross and the interpreter fails here.
+    extra = [str(compiled_client(tmp_path))] if interpreter.endswith("-bytecode") else []
     proc = subprocess.run(
-        ["node", str(HERE / runner), str(ROOT)],
+        ["node", str(HERE / runner), str(ROOT), *extra],
         capture_output=True,
         text=True,
         timeout=90,

@@ -2,8 +2,8 @@
 
 - Only `web/client/browser/` and `web/main.py` may import `js`, `pyscript` or `pyodide`.
 - Both PyScript configs (JSON, so PyScript needs no TOML parser) map every `web/client/**.py` into the
-  browser FS, point the interpreter at a local URL and never ask for `packages` (which would pull micropip
-  from a CDN); `index.html` preloads exactly those files.
+  browser FS (MicroPython gets them compiled to `.mpy`), point the interpreter at a local URL and never ask
+  for `packages` (which would pull micropip from a CDN); `index.html` preloads exactly those modules.
 - `index.html` loads PyScript from our own server only.
 """
 
@@ -64,14 +64,10 @@ def test_the_scan_sees_browser_imports():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_pyscript_config_maps_every_client_module(name):
     config = json.loads((WEB / name).read_text())
-    mapped = {}
-    for url, target in config.get("files", {}).items():
-        assert url.startswith("/web/client/"), url
-        mapped[url[len("/web/") :]] = target
-    expected = {path.relative_to(WEB).as_posix() for path in client_files()}
-    assert set(mapped) == expected
-    for source, target in mapped.items():
-        assert target == "./" + source
+    compiled = "micropython" in config["interpreter"]  # MicroPython imports the .mpy bytecode (backend/bytecode.py)
+    expected = {client_url(module, compiled): "./" + module + (".mpy" if compiled else ".py") for module in client_modules()}
+    assert config["files"] == expected
+    assert len(expected) == len(client_files())
 
 
 @pytest.mark.parametrize("name,interpreter", sorted(CONFIGS.items()))
@@ -99,16 +95,22 @@ def test_index_html_loads_everything_from_our_origin():
 def test_index_html_preloads_exactly_the_client_files():
     match = PRELOAD.search((ROOT / "index.html").read_text())
     assert match is not None
-    assert json.loads(match.group(2)) == client_urls()
+    assert json.loads(match.group(2)) == client_modules()
 
 
-def client_urls() -> list[str]:
-    return ["/web/" + path.relative_to(WEB).as_posix() for path in client_files()]
+def client_modules() -> list[str]:
+    """`client/runtime`, `client/browser/app`, …: every client module, without extension."""
+    return [path.relative_to(WEB).with_suffix("").as_posix() for path in client_files()]
+
+
+def client_url(module: str, compiled: bool) -> str:
+    return f"/web/mpy/{module}.mpy" if compiled else f"/web/{module}.py"
 
 
 def render_config(interpreter: str) -> str:
     """The PyScript config for `interpreter`, mapping every client module (JSON: PyScript parses it natively)."""
-    files = {url: "./" + url[len("/web/") :] for url in client_urls()}
+    compiled = "micropython" in interpreter
+    files = {client_url(m, compiled): "./" + m + (".mpy" if compiled else ".py") for m in client_modules()}
     return json.dumps({"interpreter": interpreter, "files": files}, indent=2) + "\n"
 
 
@@ -118,6 +120,6 @@ if __name__ == "__main__":
         print("wrote", WEB / config_name)
     index = ROOT / "index.html"
     html = index.read_text()
-    listing = "[\n" + "".join(f'        "{url}",\n' for url in client_urls()).rstrip(",\n") + "\n      ]"
+    listing = "[\n" + "".join(f'        "{module}",\n' for module in client_modules()).rstrip(",\n") + "\n      ]"
     index.write_text(PRELOAD.sub(lambda m: m.group(1) + listing + m.group(3), html, count=1))
     print("wrote", index)

@@ -56,6 +56,11 @@ class Metrics:
         self.queue_overflows = Counter(
             "websocket_send_queue_overflows_total", "Slow clients closed because their queue was full", registry=r
         )
+        self.subscriptions_revoked = Counter(
+            "websocket_subscriptions_revoked_total",
+            "Subscriptions dropped because the membership was revoked while connected",
+            registry=r,
+        )
         self.messages_received = Counter(
             "websocket_messages_received_total", "Client messages by action", ["action"], registry=r
         )

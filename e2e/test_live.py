@@ -1,6 +1,7 @@
 """Cold start, sign-in and live updates on a healthy network (MicroPython and Pyodide)."""
 
 import re
+import sqlite3
 
 from playwright.sync_api import expect
 
@@ -109,3 +110,17 @@ def test_signed_in_reload_starts_its_reads_before_python_and_makes_each_once(pag
     assert len(client_files) == len(set(client_files)) >= 17
     assert paths.count("/vendor/micropython/micropython.wasm") == 1
     assert [w for w in warnings if "preload" in w.lower()] == []
+
+
+def test_revoked_membership_takes_the_project_off_an_open_page(page, server):
+    login_live(page, server)  # alice: apollo (open) and borealis
+    expect(page.get_by_test_id("project-card")).to_have_count(2)
+    with sqlite3.connect(server.workdir / "dashboard.db") as db:  # an administrator edits the database meanwhile
+        db.execute("DELETE FROM memberships WHERE user_id = 'alice' AND project_id = 'apollo'")
+    # At its next ping (1 s here) the server drops the subscription and says `forbidden`; the page refetches.
+    cards = page.get_by_test_id("project-card")
+    expect(cards).to_have_count(1)
+    expect(cards).to_have_attribute("data-project-id", "borealis")
+    expect(cards).to_have_attribute("aria-pressed", "true")  # the next project is opened instead
+    expect(page.get_by_test_id("story").first).to_be_visible()
+    expect(status(page)).to_have_attribute("data-state", "live")  # the connection itself lives on

@@ -135,6 +135,7 @@ class _Connection:
         for action in session.handle_timer(now):
             if action == SEND_PING:
                 outbox.push(frames.PING)
+                self._recheck_memberships()
             elif action == TIMED_OUT:
                 if outbox.close(frames.HEARTBEAT_TIMEOUT, "heartbeat timeout"):
                     self.metrics.heartbeat_failures.inc()
@@ -155,6 +156,40 @@ class _Connection:
                 log_event("ws.token_expired", client_id=session.client_id, user_id=session.user_id)
                 return None
         return session.get_timer()
+
+    def _recheck_memberships(self) -> None:
+        """At every server ping: drop each subscription whose membership was revoked since (`forbidden` error,
+        the client stops expecting that project). A store error keeps the subscription until the next ping."""
+        session = self.session
+        for project_id in tuple(session.subscriptions):
+            try:
+                member = self.store.is_member(session.user_id, project_id)
+            except Exception:
+                _log.exception("membership re-check failed")
+                continue
+            if inspect.isawaitable(member):  # an async store: check in a task
+                asyncio.ensure_future(self._recheck_later(project_id, member))
+            elif not member:
+                self._revoke(project_id)
+
+    async def _recheck_later(self, project_id: str, pending: Any) -> None:
+        try:
+            member = await pending
+        except Exception:
+            _log.exception("membership re-check failed")
+            return
+        if not member:
+            self._revoke(project_id)
+
+    def _revoke(self, project_id: str) -> None:
+        session = self.session
+        if project_id not in session.subscriptions or self.outbox.close_code is not None:
+            return
+        self.hub.unsubscribe(self.outbox, project_id)
+        session.subscriptions.discard(project_id)
+        self.outbox.push(frames.error("forbidden", "no longer a member of this project", projectId=project_id))
+        self.metrics.subscriptions_revoked.inc()
+        log_event("ws.membership_revoked", client_id=session.client_id, user_id=session.user_id, project_id=project_id)
 
     async def _read(self) -> None:
         ws, session, outbox = self.ws, self.session, self.outbox

@@ -17,6 +17,7 @@ from realtime_harness import (
     recv,
     recv_type,
     send,
+    set_members,
     subscribe,
     token_for,
 )
@@ -225,3 +226,22 @@ async def test_fan_out_to_many_clients_keeps_order_without_a_task_per_connection
         finally:
             for ws in clients:
                 await ws.close()
+
+
+async def test_membership_revoked_while_subscribed_stops_delivery_at_the_next_ping() -> None:
+    settings = make_settings(heartbeat_interval_ms=100, heartbeat_misses=50)
+    with LiveServer(settings) as live:
+        set_members(live.store, "dave", {"apollo", "borealis"})
+        async with open_ws(live, token_for(settings, "dave")) as ws:
+            await recv_type(ws, "connected")
+            await subscribe(ws, "apollo")
+            await subscribe(ws, "borealis")
+            set_members(live.store, "dave", {"borealis"})  # apollo revoked while the socket is open
+            message = await recv(ws, timeout=2)  # within a couple of 100-ms pings
+            assert message == {"type": "error", "error": "forbidden", "projectId": "apollo",
+                               "message": "no longer a member of this project"}
+            await live.publish("apollo")
+            await live.publish("borealis")
+            assert (await recv_type(ws, "event"))["projectId"] == "borealis"  # the connection and borealis live on
+        assert live.metric("websocket_subscriptions_revoked_total") == 1
+        assert live.metric("websocket_active_subscriptions") <= 1

@@ -228,3 +228,12 @@ def test_fetch_errors_become_error_state_and_are_retried_when_the_link_returns()
     assert d.rt.cache.get(("projects",)).error == "invalid JSON"
     d.fetch_result(f2[1], 200, [])  # the same rid twice: ignored
     assert d.rt.cache.get(("projects",)).state == ERROR
+
+
+def test_a_revoked_project_refetches_the_project_list_and_its_own_keys():
+    d = loaded_driver()
+    d.server({"type": "error", "error": "forbidden", "projectId": "apollo", "message": "no longer a member of this project"})
+    paths = sorted(f[3] for f in d.fetches(d.advance(250)))
+    assert paths == ["/api/projects", "/api/projects/apollo", "/api/projects/apollo/escalations", "/api/projects/apollo/stories"]
+    d.server({"type": "error", "error": "forbidden", "projectId": "hermes", "message": "not a member"})  # never subscribed
+    assert d.fetches(d.advance(250)) == []

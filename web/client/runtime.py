@@ -325,6 +325,11 @@ class Runtime:
         elif kind == "error":
             sub = self.subscriptions.on_error(msg) if msg.get("projectId") is not None else None
             self.connection.log_event("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
+            if sub is not None and msg.get("error") == "forbidden":
+                # Not (or no longer) a member: what we hold of that project is not ours to show; the refetch
+                # gets the project list without it and 403 for its own keys.
+                for key in project_keys(sub.project_id):
+                    self.cache.invalidate(key, now)
 
     # ------------------------------------------------------------------ internals
     def _estimated_wall(self):

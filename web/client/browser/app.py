@@ -200,10 +200,14 @@ class DashboardApp:
         session = self.session
         if session is None:
             return
-        for project in self.projects:
-            pid = project.get("id")
+        listed = [project.get("id") for project in self.projects]
+        for pid in listed:
             if pid not in session.project_subs:
                 session.project_subs[pid] = session.rt.subscribe(pid, self.on_event)
+        for pid in [pid for pid in session.project_subs if pid not in listed]:
+            session.project_subs.pop(pid)()  # no longer ours (membership revoked): stop following it
+        if self.selected is not None and self.selected not in listed and data is not None:
+            self._leave_project()
         if self.selected is None and self.projects:
             self.open_project(self.projects[0].get("id"))
         else:
@@ -226,6 +230,20 @@ class DashboardApp:
         session.detail_unsubs.append(session.rt.watch(("stories", pid), self.on_stories))
         session.detail_unsubs.append(session.rt.watch(("escalations", pid), self.on_escalations))
         session.adapter.pump()
+
+    def _leave_project(self):
+        """The open project is gone from the list: drop its views (the caller opens another one, if any)."""
+        session = self.session
+        if session is not None:
+            for unsub in session.detail_unsubs:
+                unsub()
+            session.detail_unsubs = []
+        self.selected = None
+        self.stories = None
+        self.escalations = None
+        self.view.project_header("Pick a project", "", "")
+        self.view.board_html('<p class="empty">No project selected.</p>')
+        self.view.escalations_html("")
 
     def render_header(self):
         project = None

@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import random
 import secrets
 import time
 from typing import Any
@@ -352,7 +353,9 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     now = time.monotonic()
     exp = claims.get("exp")
     expires_at = now + (float(exp) + settings.jwt_leeway_s - time.time()) if isinstance(exp, (int, float)) else None
-    session = Session(settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at)
+    session = Session(
+        settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at, first_ping=0.5 + random.random() / 2
+    )
     del claims, token, user  # this frame lives as long as the connection: keep only what is needed
     epoch = getattr(hub.bus, "epoch", "")
     outbox.push(frames.connected(client_id, user_id, settings.heartbeat_interval_ms, epoch))

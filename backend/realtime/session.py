@@ -117,7 +117,8 @@ def parse(text: str) -> Command:
 
 
 class Session:
-    """One connection's state. `expires_at` is the token expiry on the same monotonic clock as `now`."""
+    """One connection's state. `expires_at` is the token expiry on the same monotonic clock as `now`;
+    `first_ping` is the fraction of a heartbeat interval before the first server ping."""
 
     __slots__ = (
         "client_id", "user_id", "connected_at", "expires_at", "subscriptions", "max_subscriptions", "_interval",
@@ -132,6 +133,7 @@ class Session:
         user_id: str,
         now: float,
         expires_at: float | None = None,
+        first_ping: float = 1.0,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id
@@ -142,7 +144,10 @@ class Session:
         self._interval = settings.heartbeat_interval_ms / 1000
         self._misses = max(settings.heartbeat_misses, 1)
         self._last_received = now
-        self._next_ping = now + self._interval
+        # `first_ping` ∈ (0, 1]: the first ping comes after that fraction of an interval. The endpoint draws it at
+        # random so that connections opened together (a reconnect storm) do not ping, and re-check memberships,
+        # in the same instant every interval ever after; never later than one interval.
+        self._next_ping = now + self._interval * min(max(first_ping, 0.0), 1.0)
         self._rate = settings.rate_limit_per_s
         # The bucket always holds one full re-subscribe burst (a subscribe per project plus `hello`), so a
         # client that legitimately holds the maximum number of subscriptions is never limited by reconnecting.

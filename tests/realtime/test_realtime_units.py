@@ -90,6 +90,16 @@ def test_session_heartbeat_deadlines() -> None:
     assert session.handle_timer(103.5) == [TIMED_OUT]
 
 
+def test_session_first_ping_phase_spreads_connections_and_then_keeps_the_interval() -> None:
+    settings = make_settings(heartbeat_interval_ms=1000, heartbeat_misses=2)
+    early = Session(settings, client_id="a", user_id="u", now=100.0, first_ping=0.5)
+    late = Session(settings, client_id="b", user_id="u", now=100.0, first_ping=2.0)  # clamped: never later than 1
+    assert early.get_timer() == 100.5 and late.get_timer() == 101.0
+    assert early.handle_timer(100.5) == [SEND_PING]
+    assert early.get_timer() == 101.5  # then every interval, keeping its phase
+    assert early.dead_at == 102.0  # the dead-peer deadline does not depend on the phase
+
+
 def test_session_bucket_always_holds_a_full_resubscribe_burst() -> None:
     settings = make_settings(rate_limit_per_s=1.0, rate_limit_burst=3, max_subscriptions=10)
     session = Session(settings, client_id="c", user_id="u", now=0.0)

@@ -44,6 +44,7 @@ from .session import (
 
 _log = logging.getLogger("dashboard")
 _counter = itertools.count(1)
+_background: set[asyncio.Future[None]] = set()  # membership re-checks of async stores in flight
 
 
 def _client_id() -> str:
@@ -168,8 +169,10 @@ class _Connection:
             except Exception:
                 _log.exception("membership re-check failed")
                 continue
-            if inspect.isawaitable(member):  # an async store: check in a task
-                asyncio.ensure_future(self._recheck_later(project_id, member))
+            if inspect.isawaitable(member):  # an async store: check in a task (kept referenced until done)
+                task = asyncio.ensure_future(self._recheck_later(project_id, member))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
             elif not member:
                 self._revoke(project_id)
 

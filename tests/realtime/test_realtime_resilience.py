@@ -12,6 +12,7 @@ from realtime_harness import (
     TIMEOUT,
     LiveServer,
     close_code,
+    demo_store,
     make_settings,
     open_ws,
     recv,
@@ -228,15 +229,31 @@ async def test_fan_out_to_many_clients_keeps_order_without_a_task_per_connection
                 await ws.close()
 
 
-async def test_membership_revoked_while_subscribed_stops_delivery_at_the_next_ping() -> None:
+class AsyncMembership:
+    """The demo store, with `is_member` as a coroutine (a store backed by an async database driver)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def is_member(self, user_id: str, project_id: str) -> bool:
+        await asyncio.sleep(0)
+        return bool(self._store.is_member(user_id, project_id))
+
+
+@pytest.mark.parametrize("async_store", [False, True])
+async def test_membership_revoked_while_subscribed_stops_delivery_at_the_next_ping(async_store: bool) -> None:
     settings = make_settings(heartbeat_interval_ms=100, heartbeat_misses=50)
-    with LiveServer(settings) as live:
-        set_members(live.store, "dave", {"apollo", "borealis"})
+    store = demo_store()
+    with LiveServer(settings, store=AsyncMembership(store) if async_store else store) as live:
+        set_members(store, "dave", {"apollo", "borealis"})
         async with open_ws(live, token_for(settings, "dave")) as ws:
             await recv_type(ws, "connected")
             await subscribe(ws, "apollo")
             await subscribe(ws, "borealis")
-            set_members(live.store, "dave", {"borealis"})  # apollo revoked while the socket is open
+            set_members(store, "dave", {"borealis"})  # apollo revoked while the socket is open
             message = await recv(ws, timeout=2)  # within a couple of 100-ms pings
             assert message == {"type": "error", "error": "forbidden", "projectId": "apollo",
                                "message": "no longer a member of this project"}

@@ -217,12 +217,8 @@ class DashboardApp:
         session = self.session
         if session is None or pid is None:
             return
-        for unsub in session.detail_unsubs:
-            unsub()
-        session.detail_unsubs = []
+        self._close_detail()
         self.selected = pid
-        self.stories = None
-        self.escalations = None
         self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
         self.view.board_html('<p class="empty">Loading stories…</p>')
         self.view.escalations_html('<li class="empty">Loading escalations…</li>')
@@ -231,8 +227,8 @@ class DashboardApp:
         session.detail_unsubs.append(session.rt.watch(("escalations", pid), self.on_escalations))
         session.adapter.pump()
 
-    def _leave_project(self):
-        """The open project is gone from the list: drop its views (the caller opens another one, if any)."""
+    def _close_detail(self):
+        """Stop watching the open project's stories and escalations and forget them."""
         session = self.session
         if session is not None:
             for unsub in session.detail_unsubs:
@@ -241,6 +237,10 @@ class DashboardApp:
         self.selected = None
         self.stories = None
         self.escalations = None
+
+    def _leave_project(self):
+        """The open project is gone from the list: drop its views (the caller opens another one, if any)."""
+        self._close_detail()
         self.view.project_header("Pick a project", "", "")
         self.view.board_html('<p class="empty">No project selected.</p>')
         self.view.escalations_html("")

@@ -192,6 +192,14 @@ def _user_id(request: Request, route: str) -> str:
     return user_id
 
 
+def _visible(store: Any, user_id: str, row: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """`row` (a story or an escalation) if it exists in one of the caller's projects; 404 otherwise, so ids in
+    other projects are indistinguishable from missing ones."""
+    if row is None or not store.is_member(user_id, row["projectId"]):
+        raise ApiError(404, "not_found", f"no such {kind}")
+    return row
+
+
 def _member_project(request: Request, user_id: str) -> str:
     """The `project_id` path parameter if the caller is a member; 403 otherwise (unknown projects too)."""
     project_id = request.path_params["project_id"]
@@ -269,9 +277,7 @@ async def patch_story(request: Request) -> Response:
     user_id = _user_id(request, "/api/stories/{story_id}")
     story_id = _int_param(request, "story_id", "story")
     store, bus, metrics = _state(request)
-    story = store.get_story(story_id)
-    if story is None or not store.is_member(user_id, story["projectId"]):
-        raise ApiError(404, "not_found", "no such story")
+    story = _visible(store, user_id, store.get_story(story_id), "story")
     mutation_id = _mutation_id(request)
     body = await _json_body(request)
     status = body.get("status")
@@ -316,9 +322,7 @@ async def resolve_escalation(request: Request) -> Response:
     user_id = _user_id(request, "/api/escalations/{escalation_id}/resolve")
     escalation_id = _int_param(request, "escalation_id", "escalation")
     store, bus, metrics = _state(request)
-    escalation = store.get_escalation(escalation_id)
-    if escalation is None or not store.is_member(user_id, escalation["projectId"]):
-        raise ApiError(404, "not_found", "no such escalation")
+    escalation = _visible(store, user_id, store.get_escalation(escalation_id), "escalation")
     mutation_id = _mutation_id(request)
     try:
         escalation = await changes.resolve_escalation(

@@ -50,9 +50,6 @@ class Subscription:
         self.start_seq = 0
         self.pending: list[Event] | None = []  # live events that arrive while the replay is in progress
 
-    def is_new(self, event: Event) -> bool:
-        return event.epoch != self.epoch or event.seq > self.seq
-
 
 class Hub:
     """Connections, subscriptions and fan-out of one server process."""
@@ -186,8 +183,9 @@ class Hub:
         reply = frames.subscribed(project_id, recovered=recovered, replayed=len(replayed or ()), seq=seq, epoch=epoch)
         outbox.push(reply)
         pending, sub.pending = sub.pending or [], None
-        for event in pending:
-            self._deliver(project_id, sub, event)
+        delivered = sum(self._deliver((sub,), event) for event in pending)
+        if delivered:
+            self.metrics.events_delivered.inc(delivered)
         log_event(
             "ws.subscribe",
             client_id=outbox.client_id,
@@ -234,9 +232,17 @@ class Hub:
         if not subs:
             return
         started = time.perf_counter()
+        delivered = self._deliver(tuple(subs.values()), event)
+        if delivered:
+            self.metrics.events_delivered.inc(delivered)
+        self.metrics.broadcast_duration.observe(time.perf_counter() - started)
+
+    def _deliver(self, subs: tuple[Subscription, ...], event: Event) -> int:
+        """Queue `event` for each of `subs` that has not seen it (or park it while their replay runs); returns
+        how many were queued. This loop runs once per subscriber per event: keep it flat."""
         delivered = 0
         epoch, seq, frame = event.epoch, event.seq, event.frame
-        for sub in tuple(subs.values()):  # `_deliver`, inlined: this loop runs once per subscriber per event
+        for sub in subs:
             if sub.pending is not None:
                 sub.pending.append(event)
             elif epoch == sub.epoch and seq <= sub.seq:
@@ -246,21 +252,7 @@ class Hub:
                 delivered += 1
             else:
                 self._overflow(sub.outbox)
-        if delivered:
-            self.metrics.events_delivered.inc(delivered)
-        self.metrics.broadcast_duration.observe(time.perf_counter() - started)
-
-    def _deliver(self, project_id: str, sub: Subscription, event: Event) -> int:
-        if sub.pending is not None:
-            sub.pending.append(event)
-            return 0
-        if not sub.is_new(event):
-            return 0  # already replayed, or older than the position reported in `subscribed`
-        if not sub.outbox.offer(event.frame):
-            self._overflow(sub.outbox)
-            return 0
-        sub.epoch, sub.seq = event.epoch, event.seq
-        return 1
+        return delivered
 
     def _overflow(self, outbox: Outbox) -> None:
         """The client cannot keep up: close it with 4008 (it resumes with `since`); others are unaffected."""

@@ -277,7 +277,7 @@ async def patch_story(request: Request) -> Response:
     user_id = _user_id(request, "/api/stories/{story_id}")
     story_id = _int_param(request, "story_id", "story")
     store, bus, metrics = _state(request)
-    story = _visible(store, user_id, store.get_story(story_id), "story")
+    _visible(store, user_id, store.get_story(story_id), "story")
     mutation_id = _mutation_id(request)
     body = await _json_body(request)
     status = body.get("status")
@@ -322,7 +322,7 @@ async def resolve_escalation(request: Request) -> Response:
     user_id = _user_id(request, "/api/escalations/{escalation_id}/resolve")
     escalation_id = _int_param(request, "escalation_id", "escalation")
     store, bus, metrics = _state(request)
-    escalation = _visible(store, user_id, store.get_escalation(escalation_id), "escalation")
+    _visible(store, user_id, store.get_escalation(escalation_id), "escalation")
     mutation_id = _mutation_id(request)
     try:
         escalation = await changes.resolve_escalation(

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, free_port, pick_move, wait_until
+from .harness import CHROMIUM, CHROMIUM_ARGS, end_process, free_port, pick_move, wait_until
 from .pages import login_live, status, story, wait_for_line
 
 
@@ -42,12 +42,7 @@ def cdp_browser(playwright, tmp_path):
         yield browser
         browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        end_process(proc)
 
 
 def heartbeat_timeouts(server):

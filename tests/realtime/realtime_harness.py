@@ -27,6 +27,7 @@ from backend.settings import Settings
 from backend.storage import Store
 
 SECRET = "test-secret-" + "x" * 40
+V2 = ("dashboard.v2", "dashboard.v1")  # what the client core offers
 MEMBERS = {"alice": {"apollo", "borealis"}, "bob": {"cassini"}}
 TIMEOUT = 5.0
 
@@ -81,6 +82,31 @@ class FakeStore:
 
 def token_for(settings: Settings, user_id: str = "alice", **kwargs: Any) -> str:
     return issue_token(settings, user_id, **kwargs)[0]
+
+
+def token_with(settings: Settings, user_id: str = "alice", *, ttl_s: float = 3600, **claims: Any) -> str:
+    """A token with extra claims (e.g. `sid`, `jti`) signed like `issue_token`'s."""
+    import jwt
+
+    now = int(time.time())
+    payload = {"sub": user_id, "iat": now, "exp": now + ttl_s, "aud": settings.jwt_audience, "iss": settings.jwt_issuer,
+               **claims}
+    return jwt.encode(payload, settings.resolved_jwt_secret(), algorithm="HS256")
+
+
+async def events_of(ws: ClientConnection, count: int, *, timeout: float = TIMEOUT) -> tuple[list[dict[str, Any]], int]:
+    """Read until `count` events arrived (batches unpacked); returns `(events, frames read)`."""
+    events: list[dict[str, Any]] = []
+    frames = 0
+    while len(events) < count:
+        message = await recv(ws, timeout=timeout)
+        frames += 1
+        if message["type"] == "batch":
+            events.extend(message["events"])
+        else:
+            assert message["type"] == "event", message
+            events.append(message)
+    return events, frames
 
 
 def free_port() -> int:
@@ -181,10 +207,12 @@ class LiveServer:
 # -- client helpers -----------------------------------------------------------------------------
 
 
-def open_ws(server: LiveServer, token: str | None = None, *, via: str = "subprotocol", **kwargs: Any) -> Any:
-    """`async with open_ws(server, token) as ws:`; `via` is "subprotocol" or "query"."""
+def open_ws(server: LiveServer, token: str | None = None, *, via: str = "subprotocol",
+            protocols: tuple[str, ...] = ("dashboard.v1",), **kwargs: Any) -> Any:
+    """`async with open_ws(server, token) as ws:`; `via` is "subprotocol" or "query"; `protocols` are offered
+    before the bearer token (a `dashboard.v1` client by default; `V2` for one that also speaks batches)."""
     url = server.url
-    subprotocols = ["dashboard.v1"]
+    subprotocols = list(protocols)
     if token is not None and via == "subprotocol":
         subprotocols.append("bearer." + token)
     elif token is not None:

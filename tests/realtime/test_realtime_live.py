@@ -3,6 +3,7 @@ driven by the `websockets` client: handshake, authentication, subscriptions, lim
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -11,8 +12,10 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime_harness import (
     TIMEOUT,
+    V2,
     LiveServer,
     close_code,
+    events_of,
     open_ws,
     recv,
     recv_type,
@@ -36,6 +39,38 @@ async def test_subprotocol_auth_selects_dashboard_v1_and_greets(live: LiveServer
         assert hello["clientId"].startswith("c-")
         assert hello["heartbeatMs"] == live.settings.heartbeat_interval_ms
         assert hello["epoch"] == live.app.state.bus.epoch
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [(V2, "dashboard.v2"), (("dashboard.v1", "dashboard.v2"), "dashboard.v2"), (("dashboard.v1",), "dashboard.v1"),
+     (("dashboard.v3", "dashboard.v1"), "dashboard.v1")],
+)
+async def test_the_newest_protocol_offered_is_selected(live: LiveServer, offered: tuple[str, ...], selected: str) -> None:
+    async with open_ws(live, token_for(live.settings), protocols=offered) as ws:
+        assert ws.subprotocol == selected
+        await recv_type(ws, "connected")
+
+
+async def test_a_change_reaches_a_v2_client_as_one_batch_and_a_v1_client_as_two_events(live: LiveServer) -> None:
+    token = token_for(live.settings)
+    async with open_ws(live, token, protocols=V2) as v2, open_ws(live, token) as v1:
+        for ws in (v2, v1):
+            await recv_type(ws, "connected")
+            await subscribe(ws, "borealis")
+
+        async def change() -> None:
+            bus = live.app.state.bus
+            await bus.publish("borealis", "story.status.changed", {"storyId": 1})
+            await asyncio.sleep(0)  # the bus may await between a change's events
+            await bus.publish("borealis", "project.updated", {"project": {}})
+
+        await live.call(change)
+        batch = await recv(v2)
+        assert batch["type"] == "batch"
+        assert [e["eventType"] for e in batch["events"]] == ["story.status.changed", "project.updated"]
+        events, frames = await events_of(v1, 2)
+        assert frames == 2 and events == batch["events"]
 
 
 async def test_query_token_auth(live: LiveServer) -> None:

@@ -168,13 +168,12 @@ def _attached(limit: int, **kwargs: Any) -> tuple[Outbox, FakeSocket, list[str]]
 
 
 async def test_outbox_writes_without_a_task_while_the_transport_is_writable() -> None:
-    outbox, socket, done = _attached(limit=2)
+    outbox, socket, done = _attached(limit=3)
     tasks_before = len(asyncio.all_tasks())
     assert outbox.offer("e1") and outbox.offer("e2") and outbox.offer("e3")
-    assert not outbox.offer("e4")  # e1 is being sent; e2 and e3 wait behind it: the bound holds until then
-    outbox.push("reply")  # replies are never refused
+    assert outbox.push("reply")  # e1 is being sent; e2, e3 and the reply wait behind it (3 = the limit)
     await _settle()
-    assert socket.sent == ["e1", "e2", "e3", "reply"] and len(outbox) == 0
+    assert socket.sent == ["e1", "e2", "e3", "reply"] and len(outbox) == 0 and outbox.queued_bytes == 0
     assert len(asyncio.all_tasks()) == tasks_before and not outbox.backlogged
     assert outbox.close(1012, "restart", frame="bye", flush=True)
     assert not outbox.close(4000)  # the first close wins
@@ -182,15 +181,14 @@ async def test_outbox_writes_without_a_task_while_the_transport_is_writable() ->
     assert socket.sent[-1] == "bye" and socket.closed == (1012, "restart") and done == ["done"]
 
 
-async def test_outbox_paused_transport_keeps_order_and_bounds_the_backlog() -> None:
-    outbox, socket, done = _attached(limit=3)
+async def test_outbox_paused_transport_keeps_order() -> None:
+    outbox, socket, done = _attached(limit=4)
     socket.writable.clear()  # the client stopped reading
     assert outbox.offer("e1")
     await _settle()
     assert outbox.backlogged and socket.suspended == 1
     assert outbox.offer("e2") and outbox.offer("e3") and outbox.offer("e4")
-    assert not outbox.offer("e5")  # e2..e4 wait behind the suspended e1: the live backlog is full
-    outbox.push("pong")
+    assert outbox.push("pong")
     socket.writable.set()
     await _settle()
     assert socket.sent == ["e1", "e2", "e3", "e4", "pong"]
@@ -198,6 +196,43 @@ async def test_outbox_paused_transport_keeps_order_and_bounds_the_backlog() -> N
     outbox.offer("e6")  # back on the fast path
     await _settle()
     assert socket.sent[-1] == "e6" and not outbox.backlogged
+
+
+@pytest.mark.parametrize("last", ["live", "reply"])
+async def test_outbox_frame_budget_counts_live_frames_and_replies(last: str) -> None:
+    overflows: list[Outbox] = []
+    outbox, socket, done = _attached(limit=3, on_overflow=lambda o: overflows.append(o) or o.close(4008, "slow"))
+    socket.writable.clear()
+    outbox.offer("e1")
+    await _settle()  # e1 is stuck in a paused transport
+    assert outbox.offer("e2") and outbox.push("pong") and outbox.push("e3", replay=True) and outbox.offer("e4")
+    # 3 live frames and replies queued (the replayed frame counts bytes only): the next of either kind is one too many
+    assert not (outbox.offer("e5") if last == "live" else outbox.push("reply"))
+    assert overflows == [outbox] and outbox.close_code == 4008
+    assert outbox.offer("e6") and outbox.push("r")  # closing: dropped silently, no second overflow
+    assert overflows == [outbox]
+
+
+async def test_outbox_byte_budget_counts_replies_replays_and_live_frames() -> None:
+    outbox, socket, done = _attached(limit=100, byte_limit=10)
+    socket.writable.clear()
+    outbox.push("first")
+    await _settle()
+    assert outbox.push("rrr") and outbox.push("pp", replay=True) and outbox.offer("ee")
+    assert outbox.queued_bytes == 7
+    assert outbox.room(3) is False  # backlogged: no room for a replay whatever its size
+    assert outbox.push("xyzw") is False  # 11 characters > 10
+    assert outbox.close_code == 4008  # without an overflow callback the outbox closes itself
+    socket.writable.set()
+    await _settle()
+    assert socket.sent == ["first"] and socket.closed == (4008, "slow consumer")
+
+
+async def test_outbox_room_for_a_replay() -> None:
+    outbox = Outbox("c", "u", limit=5, byte_limit=100)
+    assert outbox.room(100) and not outbox.room(101)
+    outbox.push("x" * 60)  # no sender: queued
+    assert outbox.room(40) and not outbox.room(41)
 
 
 async def test_outbox_close_without_flush_drops_the_backlog() -> None:
@@ -236,7 +271,7 @@ async def test_outbox_send_failure_ends_it_and_spares_other_outboxes() -> None:
 
 
 async def test_outbox_without_a_sender_only_queues() -> None:
-    outbox = Outbox("c", "u", limit=1)
+    outbox = Outbox("c", "u", limit=2)
     outbox.offer("e1")
     outbox.push("reply")
     outbox.close(1000, flush=True)
@@ -253,6 +288,12 @@ async def _until(predicate: Any, step: float = 0.01) -> None:
 
 def _frames(outbox: Outbox) -> list[dict[str, Any]]:
     return [json.loads(frame) for frame in outbox.take()]  # an outbox without a sender just queues
+
+
+async def _publish(bus: Any, project_id: str, event_type: str, data: dict[str, Any]) -> None:
+    """Publish, then let the hub fan out the tick (it does so at the start of the next flusher pass)."""
+    await bus.publish(project_id, event_type, data)
+    await _settle(2)
 
 
 def _hub(bus: Any, **settings: Any) -> Hub:
@@ -286,7 +327,7 @@ async def test_hub_overflow_closes_only_the_slow_client() -> None:
     await hub.subscribe(fast, "apollo", None)
     _frames(slow), _frames(fast)
     for n in range(5):
-        await bus.publish("apollo", "x", {"n": n})
+        await _publish(bus, "apollo", "x", {"n": n})
         _frames(fast)  # the fast client keeps up
     assert slow.close_code == frames.SLOW_CONSUMER
     assert fast.close_code is None
@@ -332,7 +373,7 @@ async def test_live_events_during_replay_are_neither_lost_nor_duplicated(with_si
     assert len(outbox) == 0  # nothing may overtake the replay
     bus.gate.set()
     await asyncio.wait_for(subscribing, 2)
-    await bus.publish("apollo", "x", {"n": 15})
+    await _publish(bus, "apollo", "x", {"n": 15})
     messages = _frames(outbox)
     kinds = [m["type"] for m in messages]
     reply = messages[kinds.index("subscribed")]
@@ -369,7 +410,7 @@ async def test_resubscribe_with_since_reports_recovery_without_replaying() -> No
     await bus.publish("apollo", "x", {})
     outbox = hub.connect("c", "alice")
     await hub.subscribe(outbox, "apollo", None)
-    await bus.publish("apollo", "x", {})
+    await _publish(bus, "apollo", "x", {})
     await hub.subscribe(outbox, "apollo", Since(bus.epoch, 1))
     await hub.subscribe(outbox, "apollo", Since(bus.epoch, 0))  # older than this subscription's start
     messages = _frames(outbox)

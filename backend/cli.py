@@ -1,7 +1,8 @@
 """Command line: `dashboard serve --host H --port P` (also `python -m backend serve …`).
 
 Reads `Settings.from_env()`, sets up JSON logging (tokens redacted, uvicorn's access log included) and runs
-uvicorn with the websockets-sansio protocol, no per-message deflate, `ws_max_size = max_message_bytes`.
+uvicorn with the websockets-sansio protocol, no per-message deflate, `ws_max_size = max_message_bytes` and
+`limit_concurrency` (`DASHBOARD_LIMIT_CONCURRENCY`).
 On SIGTERM/SIGINT, `DashboardServer` drains the hub first (restart frame + close 1012 to every client)
 and only then lets uvicorn shut down.
 """
@@ -56,6 +57,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
         "access_log": True,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
         "proxy_headers": False,
+        "limit_concurrency": settings.limit_concurrency or None,  # over it, new HTTP requests get 503
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -50,11 +50,14 @@ class Settings:
     demo_activity_interval_ms: int = 4000
     allowed_origins: tuple[str, ...] = ()  # empty: same-origin only
     max_connections_per_user: int = 20  # 0 = no cap
+    max_connections_per_ip: int = 100  # open WebSockets per client address; 0 = no cap
+    limit_concurrency: int = 10000  # uvicorn: connections + tasks before HTTP requests get 503; 0 = no limit
     max_subscriptions: int = 64
     max_message_bytes: int = 65536
     rate_limit_per_s: float = 20.0  # sustained client messages per second per connection
     rate_limit_burst: int = 60
-    send_queue_size: int = 256  # per-connection outbound queue; overflow closes 4008
+    send_queue_size: int = 256  # per-connection outbound queue (live frames and replies); overflow closes 4008
+    send_queue_bytes: int = 1048576  # per-connection outbound budget in characters of JSON, replays included
     restart_window_ms: int = 5000  # clients spread their reconnect over this after SIGTERM
     history_size: int = 1000
     history_ttl_s: float = 120.0
@@ -96,12 +99,13 @@ class Settings:
             "token_ttl_s", "heartbeat_interval_ms", "heartbeat_misses", "reconnect_base_ms", "reconnect_max_ms",
             "reconnect_max_attempts", "connect_timeout_ms", "suspended_retry_ms", "demo_activity_interval_ms",
             "max_subscriptions", "max_message_bytes", "rate_limit_per_s", "rate_limit_burst", "send_queue_size",
-            "history_size", "history_ttl_s",
+            "send_queue_bytes", "history_size", "history_ttl_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must be positive, got {getattr(self, name)!r}")
-        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms"):
+        for name in ("jwt_leeway_s", "max_connections_per_user", "max_connections_per_ip", "limit_concurrency",
+                     "restart_window_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must not be negative, got {getattr(self, name)!r}")
         if self.reconnect_max_ms < self.reconnect_base_ms:

@@ -1,10 +1,12 @@
-"""`realtime_endpoint(websocket)`: the `/ws/status-updates` WebSocket (protocol `dashboard.v1`).
+"""`realtime_endpoint(websocket)`: the `/ws/status-updates` WebSocket (protocols `dashboard.v2`, `dashboard.v1`).
 
-Handshake: check the Origin, read the JWT from the `bearer.<jwt>` subprotocol (or `?token=`), always
-`accept()` first (selecting `dashboard.v1`, never the token) and only then close with 4403/4401/4409 after an
-error frame, so browsers can read the code. Then `_Connection.run()` reads client messages (→ `Session` +
-`Hub`) in the endpoint's task, the `Outbox` writes, and the hub's `Deadlines` timer sends server pings and
-enforces the dead-peer and token-expiry deadlines. See docs/protocol.md for the contract.
+Handshake: count the client's address against its cap, check the Origin, read the JWT from the
+`bearer.<jwt>` subprotocol (or `?token=`), ask `app.state.token_checker(claims)` (if the app has one) whether
+its sign-in session is still valid, always `accept()` first (selecting the newest protocol offered, never the
+token) and only then close with 4409/4403/4401 after an error frame, so browsers can read the code. Then
+`_Connection.run()` reads client messages (→ `Session` + `Hub`) in the endpoint's task, the `Outbox` writes,
+and the hub's `Deadlines` timer sends server pings and enforces the dead-peer and token-expiry deadlines.
+An in-band `{"action":"auth","token":…}` moves the expiry deadline to the new token's. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .session import (
     SEND_PING,
     TIMED_OUT,
     TOKEN_EXPIRED,
+    Auth,
     Hello,
     Invalid,
     Ping,
@@ -69,12 +72,38 @@ def origin_allowed(settings: Settings, origin: str | None, host: str | None) -> 
 
 
 def credentials(websocket: WebSocket) -> tuple[str | None, str | None]:
-    """`(token, subprotocol to select)`: the token from `bearer.<jwt>` or else `?token=`."""
+    """`(token, subprotocol to select)`: the token from `bearer.<jwt>` or else `?token=`; the newest protocol
+    of ours the client offers (None: it offered none and speaks `dashboard.v1`)."""
     offered: list[str] = list(websocket.scope.get("subprotocols") or [])
     token = next((p[len(frames.BEARER_PREFIX) :] for p in offered if p.startswith(frames.BEARER_PREFIX)), None)
     if token is None:
         token = websocket.query_params.get("token")
-    return token or None, frames.PROTOCOL if frames.PROTOCOL in offered else None
+    return token or None, frames.select_protocol(offered)
+
+
+def _expires_at(settings: Settings, claims: dict[str, object], now: float) -> tuple[float | None, int | None]:
+    """The token's expiry as `(monotonic deadline, epoch milliseconds)`, leeway included in the deadline."""
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        return None, None
+    return now + (float(exp) + settings.jwt_leeway_s - time.time()), int(exp * 1000)
+
+
+def _session_id(claims: dict[str, object]) -> str | None:
+    sid = claims.get("sid")
+    return sid if isinstance(sid, str) and sid else None
+
+
+async def session_valid(app: Any, claims: dict[str, object]) -> bool:
+    """`await app.state.token_checker(claims)` if the app has one (e.g. "is this token's sign-in session still
+    valid?"); True without one. Exceptions propagate (the caller answers "try again later")."""
+    checker = getattr(app.state, "token_checker", None)
+    if checker is None:
+        return True
+    result = checker(claims)
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
 
 
 class _Connection:
@@ -242,7 +271,7 @@ class _Connection:
             outbox.push(frames.PONG)
         elif isinstance(command, Pong):
             pass
-        elif isinstance(command, Hello):
+        elif isinstance(command, Hello):  # figures already clamped by `parse`
             self.metrics.reconnections_total.inc()
             self.metrics.reconnect_downtime.observe(command.downtime_ms / 1000)
             log_event(
@@ -257,17 +286,24 @@ class _Connection:
             outbox.push(frames.unsubscribed(command.project_id))
         elif isinstance(command, Subscribe):
             await self._subscribe(command)
+        elif isinstance(command, Auth):
+            await self._reauthenticate(command.token)
 
     async def _subscribe(self, command: Subscribe) -> None:
         session, outbox, hub = self.session, self.outbox, self.hub
         project_id = command.project_id
+        if not session.allow_subscribe(project_id, time.monotonic()):
+            outbox.push(frames.error("subscribe_rate_limited", "too many subscribes to this project; retry later",
+                                     projectId=project_id))
+            return
         if not await self._is_member(project_id):  # checked on every subscribe, repeated ones too
             if hub.unsubscribe(outbox, project_id):
                 session.subscriptions.discard(project_id)
             outbox.push(frames.error("forbidden", "not a member of this project", projectId=project_id))
             log_event("ws.subscribe_forbidden", client_id=session.client_id, user_id=session.user_id, project_id=project_id)
             return
-        if project_id not in session.subscriptions and not session.can_add_subscription():
+        held = project_id in session.subscriptions or hub.is_retrying(outbox, project_id)
+        if not held and len(session.subscriptions) + hub.retry_count(outbox) >= session.max_subscriptions:
             outbox.push(
                 frames.error(
                     "too_many_subscriptions",
@@ -278,11 +314,57 @@ class _Connection:
             return
         try:
             await hub.subscribe(outbox, project_id, command.since)
-        except Exception:  # the bus is unreachable (e.g. Redis down): say so, keep the connection
-            _log.exception("subscribe failed")
-            outbox.push(frames.error("unavailable", "event bus unavailable; retry the subscribe later", projectId=project_id))
+        except Exception as exc:  # the bus is unreachable (e.g. Redis down): say so, keep trying in the background
+            log_event("ws.subscribe_unavailable", logging.WARNING, client_id=session.client_id, project_id=project_id,
+                      error=type(exc).__name__)
+            outbox.push(frames.error("unavailable", "event bus unavailable; retrying", projectId=project_id))
+            hub.retry_subscribe(outbox, project_id, command.since, session.subscriptions.add)
             return
         session.subscriptions.add(project_id)
+
+    async def _reauthenticate(self, token: str) -> None:
+        """In-band token refresh: the same user's valid token moves the expiry deadline; anything else closes 4401."""
+        session, outbox = self.session, self.outbox
+        try:
+            claims = verify_token(self.settings, token)
+        except AuthError as exc:
+            reason = str(exc)
+            self.metrics.auth_failures.labels(reason=_reason_label(reason)).inc()
+            log_event("ws.auth_failed", logging.WARNING, reason=reason, client_id=session.client_id, via="in-band")
+            outbox.close(frames.AUTH_FAILED, reason[:120], frame=frames.error("Authentication failed", reason))
+            return
+        if str(claims["sub"]) != session.user_id:
+            self.metrics.auth_failures.labels(reason="auth_mismatch").inc()
+            log_event("ws.auth_failed", logging.WARNING, reason="auth mismatch", client_id=session.client_id,
+                      user_id=session.user_id, via="in-band")
+            outbox.close(frames.AUTH_FAILED, "auth mismatch",
+                         frame=frames.error("auth_mismatch", "the token belongs to another user"))
+            return
+        try:
+            valid = await session_valid(self.ws.app, claims)
+        except Exception:  # the check itself failed (store down): keep the old token's deadline, say so
+            _log.exception("session check failed")
+            outbox.push(frames.error("unavailable", "could not check the session; send the token again later"))
+            return
+        if not valid:
+            self.metrics.auth_failures.labels(reason="session_revoked").inc()
+            log_event("ws.auth_failed", logging.WARNING, reason="session revoked", client_id=session.client_id,
+                      user_id=session.user_id, via="in-band")
+            outbox.close(frames.AUTH_FAILED, "session revoked",
+                         frame=frames.error("Authentication failed", "session revoked"))
+            return
+        if outbox.close_code is not None:
+            return
+        expires_at, expires_ms = _expires_at(self.settings, claims, time.monotonic())
+        sid = _session_id(claims)
+        session.reauthenticated(expires_at, sid)
+        if sid is not None:
+            outbox.session_id = sid
+        if self._deadline is not None:  # the expiry may be earlier or later than the pending deadline
+            self._deadline.cancel()
+            self._deadline = self.hub.deadlines.add(session.get_timer(), self._on_timer)
+        outbox.push(frames.auth(expires_ms))
+        log_event("ws.auth_refreshed", client_id=session.client_id, user_id=session.user_id, expires_at=expires_ms)
 
     async def _is_member(self, project_id: str) -> bool:
         try:
@@ -293,6 +375,10 @@ class _Connection:
             _log.exception("membership check failed")
             return False
         return bool(result)
+
+
+def _reason_label(reason: str) -> str:
+    return reason.split(" (")[0].replace(" ", "_")
 
 
 async def _refuse(websocket: WebSocket, code: int, error: str, message: str) -> None:
@@ -309,12 +395,31 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     app = websocket.app
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
-    store = app.state.store
     hub: Hub = app.state.hub
     token, subprotocol = credentials(websocket)
-    origin = websocket.headers.get("origin")
     await websocket.accept(subprotocol=subprotocol)
+    address = websocket.client.host if websocket.client else ""
+    if not hub.admit_address(address):
+        metrics.connections_total.labels(status="refused").inc()
+        log_event("ws.refused", logging.WARNING, code=frames.TOO_MANY_CONNECTIONS, reason="per-address cap", address=address)
+        await _refuse(websocket, frames.TOO_MANY_CONNECTIONS, "Too many connections",
+                      f"at most {settings.max_connections_per_ip} connections per address")
+        return
+    try:
+        await _serve(websocket, token, subprotocol)
+    finally:
+        hub.release_address(address)
 
+
+async def _serve(websocket: WebSocket, token: str | None, subprotocol: str | None) -> None:
+    app = websocket.app
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    store = app.state.store
+    hub: Hub = app.state.hub
+    origin = websocket.headers.get("origin")
+    offered = websocket.scope.get("subprotocols") or ()
+    via = "subprotocol" if any(p.startswith(frames.BEARER_PREFIX) for p in offered) else "query"
     if not origin_allowed(settings, origin, websocket.headers.get("host")):
         metrics.auth_failures.labels(reason="origin").inc()
         metrics.connections_total.labels(status="origin_forbidden").inc()
@@ -329,17 +434,27 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             user = await user
         if not user:
             raise AuthError("unknown user")
+        try:
+            valid = await session_valid(app, claims)
+        except Exception:
+            _log.exception("session check failed")
+            metrics.connections_total.labels(status="refused").inc()
+            await _refuse(websocket, frames.TRY_AGAIN_LATER, "unavailable", "could not check the session; try again later")
+            return
+        if not valid:
+            raise AuthError("session revoked")
     except AuthError as exc:
         reason = str(exc)
-        metrics.auth_failures.labels(reason=reason.split(" (")[0].replace(" ", "_")).inc()
+        metrics.auth_failures.labels(reason=_reason_label(reason)).inc()
         metrics.connections_total.labels(status="auth_failed").inc()
-        log_event("ws.auth_failed", logging.WARNING, reason=reason, via="subprotocol" if subprotocol else "query")
+        log_event("ws.auth_failed", logging.WARNING, reason=reason, via=via)
         await _refuse(websocket, frames.AUTH_FAILED, "Authentication failed", reason)
         return
 
     client_id = _client_id()
+    sid = _session_id(claims)
     try:
-        outbox = hub.connect(client_id, user_id)
+        outbox = hub.connect(client_id, user_id, batched=subprotocol == frames.PROTOCOL_V2, session_id=sid)
     except Refused as refused:
         metrics.connections_total.labels(status="refused").inc()
         log_event("ws.refused", client_id=client_id, user_id=user_id, code=refused.code, reason=refused.message)
@@ -354,16 +469,18 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         return
 
     now = time.monotonic()
-    exp = claims.get("exp")
-    expires_at = now + (float(exp) + settings.jwt_leeway_s - time.time()) if isinstance(exp, (int, float)) else None
+    expires_at, _ = _expires_at(settings, claims, now)
     session = Session(
-        settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at, first_ping=0.5 + random.random() / 2
+        settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at,
+        first_ping=0.5 + random.random() / 2, session_id=sid,
     )
     del claims, token, user  # this frame lives as long as the connection: keep only what is needed
     epoch = getattr(hub.bus, "epoch", "")
     outbox.push(frames.connected(client_id, user_id, settings.heartbeat_interval_ms, epoch))
     metrics.connections_total.labels(status="accepted").inc()
-    log_event("ws.connect", client_id=client_id, user_id=user_id, origin=origin, via="subprotocol" if subprotocol else "query")
+    metrics.connections_total.labels(status="connected").inc()
+    log_event("ws.connect", client_id=client_id, user_id=user_id, origin=origin, via=via,
+              protocol=subprotocol or frames.PROTOCOL)
     connection = _Connection(websocket, settings, hub, metrics, store, session, outbox)
     try:
         await connection.run()
@@ -371,12 +488,13 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         hub.disconnect(outbox)
         code = outbox.close_code if outbox.close_code is not None else connection.peer_code or 1006
         initiator = "server" if outbox.close_code is not None else "client"
-        metrics.disconnects.labels(code=str(code)).inc()
+        metrics.disconnects.labels(code=frames.close_label(code)).inc()
+        metrics.connections_total.labels(status="disconnected").inc()
         log_event(
             "ws.close",
             client_id=client_id,
             user_id=user_id,
-            code=code,
+            code=code if code in frames.LABELLED_CLOSE_CODES else frames.close_label(code),
             initiator=initiator,
             reason=outbox.close_reason if initiator == "server" else None,
             duration_s=round(time.monotonic() - now, 3),

@@ -1,9 +1,10 @@
 """Sans-I/O state of one WebSocket connection: message parsing and validation, subscriptions held,
-the rate-limit token bucket, heartbeat and token-expiry deadlines. No I/O and no clock: every input carries
-`now` (monotonic seconds).
+the rate-limit token buckets (messages, and re-subscribes per project), heartbeat and token-expiry deadlines.
+No I/O and no clock: every input carries `now` (monotonic seconds).
 
-The endpoint calls `received(now)` and `allow(now)` for each client message, then `parse(text)`;
-the hub's `Deadlines` timer calls `handle_timer(now)` at `get_timer()` and the endpoint runs its actions.
+The endpoint calls `received(now)` and `allow(now)` for each client message, then `parse(text)` (and
+`allow_subscribe(project_id, now)` for a subscribe); the hub's `Deadlines` timer calls `handle_timer(now)`
+at `get_timer()` and the endpoint runs its actions. An in-band `auth` moves `expires_at` (`reauthenticated`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from dataclasses import dataclass
 from ..settings import Settings
 
 PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+# Client-reported figures are clamped to these before they reach metrics or logs.
+MAX_REPORTED_ATTEMPTS = 10_000
+MAX_REPORTED_DOWNTIME_MS = 86_400_000  # one day
+# Re-subscribes to one project: a bucket of this many, refilled by one every RESUBSCRIBE_INTERVAL_S.
+RESUBSCRIBE_BURST = 5
+RESUBSCRIBE_INTERVAL_S = 2.0
 
 # Actions returned by `Session.handle_timer`.
 SEND_PING = "ping"
@@ -56,6 +64,16 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """A fresh token for this connection (in-band refresh). `repr` hides it."""
+
+    token: str
+
+    def __repr__(self) -> str:
+        return "Auth(token=…)"
+
+
+@dataclass(frozen=True, slots=True)
 class Invalid:
     """A message that cannot be handled: reply with an error frame, keep the connection."""
 
@@ -63,7 +81,7 @@ class Invalid:
     message: str
 
 
-Command = Subscribe | Unsubscribe | Ping | Pong | Hello | Invalid
+Command = Subscribe | Unsubscribe | Ping | Pong | Hello | Auth | Invalid
 
 
 def _non_negative_int(value: object) -> bool:
@@ -112,7 +130,12 @@ def parse(text: str) -> Command:
         downtime = raw.get("downtimeMs", 0)
         if not _non_negative_int(attempts) or not _non_negative_int(downtime):
             return Invalid("invalid_message", "'reconnectAttempts' and 'downtimeMs' must be non-negative integers")
-        return Hello(attempts, downtime)  # type: ignore[arg-type]
+        return Hello(min(attempts, MAX_REPORTED_ATTEMPTS), min(downtime, MAX_REPORTED_DOWNTIME_MS))  # type: ignore[type-var]
+    if action == "auth":
+        token = raw.get("token")
+        if not isinstance(token, str) or not token:
+            return Invalid("invalid_message", "'token' must be a non-empty string")
+        return Auth(token)
     return Invalid("unknown_action", f"unknown action {action[:40]!r}")
 
 
@@ -121,8 +144,9 @@ class Session:
     `first_ping` is the fraction of a heartbeat interval before the first server ping."""
 
     __slots__ = (
-        "client_id", "user_id", "connected_at", "expires_at", "subscriptions", "max_subscriptions", "_interval",
-        "_misses", "_last_received", "_next_ping", "_rate", "_burst", "_tokens", "_refilled_at",
+        "client_id", "user_id", "session_id", "connected_at", "expires_at", "subscriptions", "max_subscriptions",
+        "_interval", "_misses", "_last_received", "_next_ping", "_rate", "_burst", "_tokens", "_refilled_at",
+        "_resubscribes",
     )
 
     def __init__(
@@ -134,9 +158,11 @@ class Session:
         now: float,
         expires_at: float | None = None,
         first_ping: float = 1.0,
+        session_id: str | None = None,
     ) -> None:
         self.client_id = client_id
         self.user_id = user_id
+        self.session_id = session_id  # the token's `sid` claim (the sign-in session), if any
         self.connected_at = now
         self.expires_at = expires_at
         self.subscriptions: set[str] = set()
@@ -154,6 +180,7 @@ class Session:
         self._burst = float(max(settings.rate_limit_burst, settings.max_subscriptions + 2, 1))
         self._tokens = self._burst
         self._refilled_at = now
+        self._resubscribes: dict[str, tuple[float, float]] | None = None  # project → (tokens, at); on demand
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -169,6 +196,27 @@ class Session:
             self._tokens -= 1.0
             return True
         return False
+
+    def allow_subscribe(self, project_id: str, now: float) -> bool:
+        """Take one token from `project_id`'s re-subscribe bucket (`RESUBSCRIBE_BURST`, one more every
+        `RESUBSCRIBE_INTERVAL_S`); False means this subscribe comes too soon after the previous ones.
+        At most `2 × max_subscriptions` buckets are kept; the oldest are forgotten (a full bucket is the default)."""
+        buckets = self._resubscribes
+        if buckets is None:
+            buckets = self._resubscribes = {}
+        tokens, at = buckets.pop(project_id, (float(RESUBSCRIBE_BURST), now))
+        tokens = min(float(RESUBSCRIBE_BURST), tokens + (now - at) / RESUBSCRIBE_INTERVAL_S)
+        allowed = tokens >= 1.0
+        buckets[project_id] = (tokens - 1.0 if allowed else tokens, now)
+        while len(buckets) > 2 * self.max_subscriptions:
+            del buckets[next(iter(buckets))]
+        return allowed
+
+    def reauthenticated(self, expires_at: float | None, session_id: str | None) -> None:
+        """A fresh token was accepted in band: its expiry replaces the old deadline (see `get_timer`)."""
+        self.expires_at = expires_at
+        if session_id is not None:
+            self.session_id = session_id
 
     # -- timers ---------------------------------------------------------------------------------
 

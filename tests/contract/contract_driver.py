@@ -119,15 +119,21 @@ class ContractClient(HeadlessClient):
         self.inflight = 0  # adapter coroutines still running (dials/reads, sends, closes, fetches)
         self.closed = False
         self.muted: set[str] = set()  # client actions the adapter swallows instead of sending (e.g. "pong")
+        self.offer: tuple[str, ...] | None = None  # protocols to offer instead of the core's (an older client)
+        self.selected: list[str | None] = []  # the subprotocol the server selected, per socket
 
     @classmethod
-    async def create(cls, server: LiveServer, token: str, project: str = "apollo",
-                     **client_keys: Any) -> ContractClient:
+    async def create(cls, server: LiveServer, token: str, project: str = "apollo", *,
+                     offer: tuple[str, ...] | None = None, **client_keys: Any) -> ContractClient:
+        """`offer`: the protocols the adapter offers in place of the core's (e.g. `("dashboard.v1",)` plays a
+        client that predates `dashboard.v2`); the bearer token is always offered."""
         config = await client_config(server.http, **client_keys)
         http = httpx.AsyncClient(base_url=server.http, timeout=WAIT_S, trust_env=False)
         cfg = {"token": token, "config": config, "seed": random.randrange(1 << 30), "url": server.url,
                "project": project}
-        return cls(cfg, http)
+        client = cls(cfg, http)
+        client.offer = offer
+        return client
 
     # -- recordings -------------------------------------------------------------------------------
 
@@ -173,11 +179,17 @@ class ContractClient(HeadlessClient):
 
     async def open(self, sid: str, url: str, protocols: list[str]) -> None:
         self.inflight += 1
+        if self.offer is not None:
+            protocols = [*self.offer, *(p for p in protocols if p.startswith("bearer."))]
         try:
             await self.gate.wait()
             await super().open(sid, url, protocols)
         finally:
             self.inflight -= 1
+
+    async def read(self, sid: str, ws: ClientConnection) -> None:
+        self.selected.append(ws.subprotocol)
+        await super().read(sid, ws)
 
     async def send(self, ws: ClientConnection, text: str) -> None:
         self.inflight += 1

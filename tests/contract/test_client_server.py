@@ -73,13 +73,19 @@ def settings_for_tests(**overrides: Any) -> Settings:
     return make_settings(**base)
 
 
+PROTOCOLS = pytest.mark.parametrize("protocol", ["dashboard.v2", "dashboard.v1"])
+
+
 @asynccontextmanager
 async def running(server: ContractServer, token: str, project: str = "apollo", *,
-                  server_errors: bool = False) -> AsyncIterator[ContractClient]:
-    """A started client (handler on `project`), stopped and drained on exit. On a clean exit it also checks
+                  server_errors: bool = False, protocol: str = "dashboard.v2") -> AsyncIterator[ContractClient]:
+    """A started client (handler on `project`), stopped and drained on exit. `protocol="dashboard.v1"` plays a
+    client that offers only v1 (the server must send it exactly the v1 frames). On a clean exit it also checks
     that the server never rejected a client frame (`server-error`, unless allowed), sent nothing the client
-    could not parse, that no handler or listener raised and that no telemetry record holds the token."""
-    client = await ContractClient.create(server, token, project)
+    could not parse, that no handler or listener raised, that no telemetry record holds the token and that
+    every socket spoke `protocol`."""
+    offer = None if protocol == "dashboard.v2" else (protocol,)
+    client = await ContractClient.create(server, token, project, offer=offer)
     try:
         client.start()
         yield client
@@ -88,6 +94,7 @@ async def running(server: ContractServer, token: str, project: str = "apollo", *
     assert client.logged("bad-frame") == [] and client.logged("listener-error") == []
     assert token not in json.dumps(client.records)  # telemetry never carries the token
     assert server_errors or client.logged("server-error") == [], client.logged("server-error")
+    assert set(client.selected) <= {protocol}, client.selected
 
 
 async def rest(server: ContractServer, token: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -134,16 +141,20 @@ def json_of(command: tuple[Any, ...]) -> dict[str, Any]:
 # -- 1 ------------------------------------------------------------------------------------------------
 
 
-async def test_live_rest_load_then_a_change_by_another_client_arrives_and_updates_the_cache(tmp_path: Path) -> None:
+@PROTOCOLS
+async def test_live_rest_load_then_a_change_by_another_client_arrives_and_updates_the_cache(
+    tmp_path: Path, protocol: str
+) -> None:
     settings = settings_for_tests()
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
         set_members(server.store, "carol", {"apollo"})
         alice, carol = token_for(settings, "alice"), token_for(settings, "carol")
-        async with running(server, alice) as client:
+        async with running(server, alice, protocol=protocol) as client:
             await until_live(client)
             [(_, dial)] = client.opens()
             assert dial[2] == server.url and alice not in dial[2]  # the token never goes into the URL
-            assert dial[3] == ["dashboard.v1", "bearer." + alice]
+            assert dial[3] == ["dashboard.v2", "dashboard.v1", "bearer." + alice]
+            assert client.selected == [protocol]
             first = await until_subscribed(client, 0)
             assert first["recovered"] is None  # first subscribe: no `since` yet
 
@@ -186,10 +197,13 @@ async def test_live_rest_load_then_a_change_by_another_client_arrives_and_update
 # -- 2 ------------------------------------------------------------------------------------------------
 
 
-async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without_refetch(tmp_path: Path) -> None:
+@PROTOCOLS
+async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without_refetch(
+    tmp_path: Path, protocol: str
+) -> None:
     settings = settings_for_tests()
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
-        async with running(server, token_for(settings, "alice")) as client:
+        async with running(server, token_for(settings, "alice"), protocol=protocol) as client:
             await until_live(client)
             for key in (STORIES, PROJECT, PROJECTS):
                 client.watch(key)
@@ -230,10 +244,11 @@ async def test_abrupt_drop_then_resume_replays_exactly_the_missed_events_without
             assert client.events[-1]["seq"] == seq + 51 and client.rt.stats["duplicates"] == 0
 
 
-async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_nothing(tmp_path: Path) -> None:
+@PROTOCOLS
+async def test_resume_while_the_publisher_keeps_publishing_loses_and_repeats_nothing(tmp_path: Path, protocol: str) -> None:
     settings = settings_for_tests()
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
-        async with running(server, token_for(settings, "alice")) as client:
+        async with running(server, token_for(settings, "alice"), protocol=protocol) as client:
             await until_live(client)
             client.watch(STORIES)
             start = (await until_subscribed(client, 0))["seq"]

@@ -83,6 +83,7 @@ class Scenario:
         self.sid = None
         self.rt.on_status(lambda st: self.emit("  status " + canon([st["state"], st["attempt"], st["nextRetryAt"], st["closeCode"]])))
         self.rt.on_mutation(lambda rec: self.emit("  mutation " + canon(rec)))
+        self.rt.on_auth(lambda rec: self.emit("  auth " + canon(rec)))
 
     def step(self, label):
         self.emit("t=" + canon(self.now) + " " + label)
@@ -234,6 +235,18 @@ def run(emit):
     rt.network_changed(True, s.now)
     s.drain()
     s.handshake()
+    s.step("dashboard.v2 batch: a change and a duplicate; a malformed batch; in-band token refresh")
+    change = {"storyId": 2, "from": "done", "to": "review", "story": story(2, "review", 60)}
+    s.server({"type": "batch", "events": [
+        {"type": "event", "eventType": "story.status.changed", "projectId": "apollo", "seq": 10, "epoch": "e1", "timestamp": 2, "data": change},
+        {"type": "event", "eventType": "project.updated", "projectId": "apollo", "seq": 11, "epoch": "e1", "timestamp": 2, "data": {}},
+        {"type": "event", "eventType": "project.updated", "projectId": "apollo", "seq": 11, "epoch": "e1", "timestamp": 2, "data": {}},
+    ]})
+    s.server({"type": "batch", "events": [{"type": "pong"}]})
+    emit("  send_auth " + canon(rt.send_auth("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1LWFsaWNlIn0.c2ln", s.now)))
+    s.drain()
+    s.server({"type": "auth", "expiresAt": 1764003600000})
+    s.advance(300)
     s.step("connect timeout, then 4401 -> auth-required")
     s.close(1006)
     s.advance(2500)

@@ -59,7 +59,7 @@ def test_start_dials_with_subprotocol_token_and_goes_live_on_connected():
     cmds = d.start()
     (open_cmd,) = d.opens(cmds)
     assert open_cmd[2] == "ws://test/ws/status-updates"
-    assert open_cmd[3] == ["dashboard.v1", "bearer." + d.token]
+    assert open_cmd[3] == ["dashboard.v2", "dashboard.v1", "bearer." + d.token]
     assert d.token not in open_cmd[2]
     assert d.state == "connecting"
     d.opened()
@@ -490,7 +490,7 @@ def test_token_is_read_before_every_connect():
     d.connect()
     d.closed(1006)
     d.advance(1000)
-    assert [o[3][1] for o in d.opens()] == ["bearer." + t for t in seen]
+    assert [o[3][-1] for o in d.opens()] == ["bearer." + t for t in seen]
     assert len(set(seen)) == 2
 
 

@@ -54,5 +54,5 @@ def test_default_rand_and_config_work_without_arguments():
     rt = Runtime(None, lambda: "tok")
     rt.start(0)
     cmds = rt.commands()
-    assert cmds[-1][0] == "open" and cmds[-1][3] == ["dashboard.v1", "bearer.tok"]
+    assert cmds[-1][0] == "open" and cmds[-1][3] == ["dashboard.v2", "dashboard.v1", "bearer.tok"]
     assert rt.get_timer() == 10000

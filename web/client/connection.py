@@ -118,6 +118,10 @@ class NoHooks:
     def link_message(self, now, msg):
         pass
 
+    def link_batch(self, now, events):
+        for msg in events:
+            self.link_message(now, msg)
+
     def link_lost(self, now):
         pass
 
@@ -289,6 +293,14 @@ class Connection:
         if kind == "connected":
             if self.state in DIALING:
                 self._connected(now, msg)
+            return
+        if kind == "batch":  # dashboard.v2: unpacked here, before anything else sees it
+            events = wire.batch_events(msg)
+            if events is None:
+                self.stats.bad_frames += 1
+                self.log_event("bad-frame", now, reason="malformed batch")
+            elif self.state == LIVE:
+                self.hooks.link_batch(now, events)
             return
         if self.state != LIVE:
             if kind == "error":

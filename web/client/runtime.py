@@ -6,7 +6,8 @@ Adapter loop (one per page): call an input method (`start`, `socket_*`, `visibil
 Commands: ("open", sid, url, protocols), ("send", sid, text), ("close", sid, code, reason),
 ("fetch", rid, method, path, body_or_None, headers) and ("log", record). Inputs for unknown or old
 sids/rids are ignored. The application side uses `status`/`on_status`, `subscribe`, `watch`,
-`move_story`/`create_escalation`/`resolve_escalation` and `on_mutation`.
+`move_story`/`create_escalation`/`resolve_escalation` and `on_mutation`; `send_auth(token, now)` hands a
+refreshed token to the open socket and `on_auth` hears the server's answer.
 """
 
 import json
@@ -102,6 +103,9 @@ class Runtime:
         self._mid_prefix = None
         self._next_mid = 0
         self._published = None
+        self._auth_listeners = []
+        self._batch_keys = None  # while a batch is applied: keys to invalidate once at its end
+        self.auth_expires_at = None  # epoch ms of the token the server last accepted in band
         self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0}
 
     # ------------------------------------------------------------------ adapter side
@@ -209,6 +213,22 @@ class Runtime:
     def on_mutation(self, listener):
         return _listen(self._mutation_listeners, listener)
 
+    def on_auth(self, listener):
+        """listener({"ok": True, "expiresAt": ms}) when the server accepted a token sent with `send_auth`,
+        or ({"ok": False, "error": "auth_mismatch"}) before it closes the socket (4401). Returns unsubscribe()."""
+        return _listen(self._auth_listeners, listener)
+
+    def send_auth(self, token, now):
+        """Send a refreshed token in band (`{"action":"auth","token":…}`) if a socket is live: subscriptions and
+        delivery are untouched. Returns True if sent; False when not live (the next dial reads the token
+        provider anyway, so nothing is lost)."""
+        self._now = now
+        if self.connection.state != LIVE:
+            return False
+        self._out.append(("send", self.connection.sid, wire.auth(token)))
+        self.connection.log_event("auth-sent", now)
+        return True
+
     def subscribe(self, project_id, handler, now=None):
         """handler(event dict) for each accepted event of `project_id` ("*": every project).
 
@@ -312,10 +332,27 @@ class Runtime:
     def link_status(self, now):
         self._publish()
 
+    def link_batch(self, now, events):
+        """A `dashboard.v2` batch: each event is applied as if it came alone, and the cache invalidations of
+        the whole batch are made once per key at its end."""
+        self._batch_keys = []
+        try:
+            for msg in events:
+                self._on_event(now, msg)
+        finally:
+            keys, self._batch_keys = self._batch_keys, None
+            for key in keys:
+                self.cache.invalidate(key, now)
+
     def link_message(self, now, msg):
         kind = msg["type"]
         if kind == "event":
             self._on_event(now, msg)
+        elif kind == "auth":
+            expires = msg.get("expiresAt")
+            self.auth_expires_at = expires if wire.is_int(expires) else None
+            self.connection.log_event("auth-accepted", now, expiresAt=self.auth_expires_at)
+            self._auth_event({"ok": True, "expiresAt": self.auth_expires_at})
         elif kind == "subscribed":
             self._on_subscribed(now, msg)
         elif kind == "ping":
@@ -323,6 +360,8 @@ class Runtime:
             for text in self.subscriptions.retry_due(now):
                 self._out.append(("send", sid, text))
         elif kind == "error":
+            if msg.get("error") == "auth_mismatch":
+                self._auth_event({"ok": False, "error": "auth_mismatch"})
             sub = self.subscriptions.on_error(msg) if msg.get("projectId") is not None else None
             self.connection.log_event("server-error", now, reason=str(msg.get("error")) + ": " + str(msg.get("message")), projectId=msg.get("projectId") if sub is not None else None)
             if sub is not None and msg.get("error") == "forbidden":
@@ -368,12 +407,12 @@ class Runtime:
             for key in event_keys(event_type, project_id):
                 if verdict == subscriptions.APPLY and key in patched:
                     continue  # in sequence and carrying the whole object: the cache is already right
-                self.cache.invalidate(key, now)
+                self._invalidate(key, now)
         if verdict in (subscriptions.GAP, subscriptions.EPOCH):
             self._counters["gaps" if verdict == subscriptions.GAP else "epochChanges"] += 1
             self.connection.log_event(verdict, now, reason="refetch " + project_id, projectId=project_id, seq=msg.get("seq"))
             for key in project_keys(project_id):
-                self.cache.invalidate(key, now)
+                self._invalidate(key, now)
         event = dict(msg)
         event["own"] = mutation is not None
         for item in list(self._handlers):
@@ -382,6 +421,19 @@ class Runtime:
                     item[1](event)
                 except Exception as exc:
                     self._report(exc)
+
+    def _invalidate(self, key, now):
+        if self._batch_keys is None:
+            self.cache.invalidate(key, now)
+        elif key not in self._batch_keys:
+            self._batch_keys.append(key)
+
+    def _auth_event(self, record):
+        for listener in list(self._auth_listeners):
+            try:
+                listener(dict(record))
+            except Exception as exc:
+                self._report(exc)
 
     def _on_subscribed(self, now, msg):
         sub, trusted = self.subscriptions.on_subscribed(msg)

@@ -18,8 +18,10 @@ INVALID = "invalid"  # missing or bad seq/epoch: drop it
 PENDING = "pending"  # subscribe sent (or to be sent), no ack yet
 SUBSCRIBED = "subscribed"
 FORBIDDEN = "forbidden"
-RETRY = "retry"  # the server could not subscribe now (`unavailable`): send again at the next heartbeat
-RETRYABLE_ERRORS = ("unavailable",)
+RETRY = "retry"  # the server could not subscribe now: send again at the next heartbeat
+# `unavailable`: the event bus is down (the server retries too); `subscribe_rate_limited`: too many subscribes to
+# one project in a short time (the server does not retry that one)
+RETRYABLE_ERRORS = ("unavailable", "subscribe_rate_limited")
 
 
 class ProjectSub:
@@ -137,8 +139,8 @@ class Subscriptions:
         return sub, trusted
 
     def on_error(self, msg):
-        """An error for a project: `forbidden` stops expecting events from it; a retryable one (`unavailable`)
-        marks it for `retry_due()`. Returns the sub or None."""
+        """An error for a project: `forbidden` stops expecting events from it; a retryable one (`unavailable`,
+        `subscribe_rate_limited`) marks it for `retry_due()`. Returns the sub or None."""
         sub = self._subs.get(msg.get("projectId"))
         if sub is not None:
             error = msg.get("error")

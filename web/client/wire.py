@@ -1,12 +1,14 @@
-"""Wire helpers for `dashboard.v1` (docs/protocol.md): parse server frames, build client frames.
+"""Wire helpers for `dashboard.v2`/`dashboard.v1` (docs/protocol.md): parse server frames, build client frames.
 
-`parse(text)` returns a dict with a string "type" or None for anything malformed (never raises).
+`parse(text)` returns a dict with a string "type" or None for anything malformed (never raises);
+`batch_events(msg)` unpacks a `dashboard.v2` batch frame into its event messages.
 The builders return compact JSON text ready for a ("send", sid, text) command.
 """
 
 import json
 
-SUBPROTOCOL = "dashboard.v1"
+SUBPROTOCOLS = ["dashboard.v2", "dashboard.v1"]  # offered newest first; v2 adds batch frames
+SUBPROTOCOL = SUBPROTOCOLS[-1]
 BEARER_PREFIX = "bearer."
 
 
@@ -24,8 +26,20 @@ def parse(text):
     return msg
 
 
+def batch_events(msg):
+    """The event messages of a `{"type":"batch","events":[...]}` frame, or None if it is malformed
+    (not a list, or an element that is not an event object)."""
+    events = msg.get("events")
+    if not isinstance(events, list) or not events:
+        return None
+    for event in events:
+        if not isinstance(event, dict) or event.get("type") != "event":
+            return None
+    return events
+
+
 def protocols(token):
-    return [SUBPROTOCOL, BEARER_PREFIX + token]
+    return SUBPROTOCOLS + [BEARER_PREFIX + token]
 
 
 def subscribe(project_id, epoch=None, seq=None):
@@ -45,6 +59,10 @@ def ping():
 
 def pong():
     return dumps({"action": "pong"})
+
+
+def auth(token):
+    return dumps({"action": "auth", "token": token})
 
 
 def hello(attempts, downtime_ms):

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, help="storm: number of headless clients")
     parser.add_argument("--kill", choices=["kill", "term"], help="storm: SIGKILL (default) or SIGTERM")
     parser.add_argument("--variant", help="storm: bench.variants experiments for the server, e.g. redispool")
+    parser.add_argument("--modes", type=lambda s: s.split(","), help="storm: client schedules, e.g. jitter or seed,jitter")
+    parser.add_argument("--down", type=float, help="storm: seconds between the server's end and its restart (default 2)")
+    parser.add_argument("--storm-workers", type=int, help="storm: headless client processes")
     parser.add_argument("--runs", type=int, help="browser: runs per cell")
     parser.add_argument("--out", help="result file name (default: fanout.json, storm.json or storm-term.json, "
                                       "browser.json, profile.json)")
@@ -77,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             scfg.kill = args.kill
         if args.variant:
             scfg.variant = args.variant
+        if args.modes:
+            scfg.modes = args.modes
+        if args.down is not None:
+            scfg.down_s = args.down
+        if args.storm_workers:
+            scfg.workers = args.storm_workers
         if scfg.kill == "term" or scfg.variant:
             scfg.out = prefix + "storm" + ("-term" if scfg.kill == "term" else "") + \
                 ("-" + scfg.variant.replace(",", "-") if scfg.variant else "") + ".json"

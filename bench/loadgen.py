@@ -11,7 +11,8 @@ bottleneck. Commands, one JSON object per line, each answered by one JSON line:
 - `{"cmd":"dump","path":...}`: write the latencies (seconds, float64) to `path`; reply with counts.
 - `{"cmd":"close"}`: close everything and exit.
 
-Server pings (`{"type":"ping"}`) are answered with `{"action":"pong"}`.
+Server pings (`{"type":"ping"}`) are answered with `{"action":"pong"}`. `dashboard.v2` batch frames are
+unpacked: every event in them counts (deliveries are events, not frames); `frames` counts what was received.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from bench.env import run_worker, serve_commands
 
 
 class Conn:
-    __slots__ = ("ws", "count", "expected", "gaps", "dups", "close_code", "task")
+    __slots__ = ("ws", "count", "frames", "expected", "gaps", "dups", "close_code", "task")
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.count = 0
+        self.frames = 0
         self.expected = 1
         self.gaps = 0
         self.dups = 0
@@ -56,24 +58,26 @@ class LoadGen:
             async for text in c.ws:
                 msg = json.loads(text)
                 typ = msg.get("type")
-                if typ == "event":
+                if typ == "event" or typ == "batch":
                     now = mono()
-                    stamp = msg.get("data", {}).get("bench")
-                    if stamp is None:
-                        continue
-                    lat.append(now - stamp["t"])
-                    if not self.first_recv:
-                        self.first_recv = now
-                    self.last_recv = now
-                    n = stamp["n"]
-                    c.count += 1
-                    if n == c.expected:
-                        c.expected = n + 1
-                    elif n > c.expected:
-                        c.gaps += n - c.expected
-                        c.expected = n + 1
-                    else:
-                        c.dups += 1
+                    c.frames += 1
+                    for event in msg["events"] if typ == "batch" else (msg,):
+                        stamp = event.get("data", {}).get("bench")
+                        if stamp is None:
+                            continue
+                        lat.append(now - stamp["t"])
+                        if not self.first_recv:
+                            self.first_recv = now
+                        self.last_recv = now
+                        n = stamp["n"]
+                        c.count += 1
+                        if n == c.expected:
+                            c.expected = n + 1
+                        elif n > c.expected:
+                            c.gaps += n - c.expected
+                            c.expected = n + 1
+                        else:
+                            c.dups += 1
                 elif typ == "ping":
                     await c.ws.send('{"action":"pong"}')
         except websockets.ConnectionClosed:
@@ -117,7 +121,7 @@ class LoadGen:
         del self.latencies[:]  # in place: readers hold a reference
         self.first_recv = self.last_recv = 0.0
         for c in self.conns:
-            c.count = c.gaps = c.dups = 0
+            c.count = c.frames = c.gaps = c.dups = 0
             c.expected = start
         return {"ok": True}
 
@@ -143,7 +147,8 @@ class LoadGen:
             if c.close_code is not None:
                 codes[str(c.close_code)] = codes.get(str(c.close_code), 0) + 1
         counts = [c.count for c in self.conns] or [0]
-        return {"samples": len(self.latencies), "received": sum(counts), "min_per_conn": min(counts),
+        return {"samples": len(self.latencies), "received": sum(counts), "frames": sum(c.frames for c in self.conns),
+                "min_per_conn": min(counts),
                 "max_per_conn": max(counts), "gaps": sum(c.gaps for c in self.conns),
                 "dups": sum(c.dups for c in self.conns), "closed": codes, "open": len(self.open_conns()),
                 "first_recv": self.first_recv, "last_recv": self.last_recv}

@@ -3,16 +3,19 @@
 Run `python -m bench.server --kind app|bare --port P`. Both kinds get the bench-only routes:
 
 - `WS /bench/control`: JSON commands from the bench driver, one reply each:
-  `{"cmd":"publish","n":N,"rate":R,"project":"apollo","start":K}` publishes N numbered events at R per
-  second (R=0: back to back) and replies when done; `{"cmd":"rss"}`; `{"cmd":"profile","action":"start"|"stop",
-  "path":...}` (pyinstrument, in process).
+  `{"cmd":"publish","n":N,"rate":R,"project":"apollo","start":K}` publishes N numbered events at R events per
+  second (R=0: back to back) as changes of two events, the way the product's changes publish them
+  (`story.status.changed` then `project.updated`, back to back; an odd last event is a lone `project.updated`),
+  and replies when done; `{"cmd":"rss"}`; `{"cmd":"profile","action":"start"|"stop", "path":...}` (pyinstrument,
+  in process).
 - `GET /bench/pages/…`: the browser floors (app kind): `floor.html` (plain JavaScript doing what the dashboard
   page does), `floor-micropython.html` / `floor-pyodide.html` (PyScript + interpreter and nothing else).
 - `GET /bench/ready`: 200 once the app has started.
 
 `app` is `backend.app.create_app(Settings.from_env())` and publishes through `app.state.bus.publish`.
-`bare` is the naive Starlette fan-out: it accepts `/ws/status-updates`, answers subscribe/ping, and a
-publish loops `await ws.send_text(text)` over every socket with the same event frame our server sends.
+`bare` is the naive Starlette fan-out: it accepts `/ws/status-updates` (selecting `dashboard.v1`), answers
+subscribe/ping, and a publish loops `await ws.send_text(text)` over every socket with the same event frame our
+server sends, one frame per event.
 Every event carries `data.bench = {"n": number, "t": CLOCK_MONOTONIC seconds}` so receivers can measure
 publish-to-receipt latency (the clock is system-wide on Linux). In fixed-rate mode `t` is the scheduled
 publish instant, so a publisher that falls behind shows up as latency (no coordinated omission).
@@ -42,7 +45,8 @@ from bench.env import raise_nofile
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-EVENT_TYPE = "story.status.changed"
+EVENT_TYPE = "story.status.changed"  # a change's first event; `project.updated` follows it
+CLOSING_TYPE = "project.updated"
 
 
 def rss_bytes() -> int:
@@ -69,8 +73,29 @@ def event_data(n: int, t: float, project: str) -> dict[str, Any]:
     }
 
 
+def project_data(n: int, t: float, project: str) -> dict[str, Any]:
+    """A realistic `project.updated` payload plus the bench stamp."""
+    return {
+        "project": {
+            "id": project,
+            "name": project.title(),
+            "description": "Bench project: every story of the live feed",
+            "updatedAt": int(time.time() * 1000),
+            "counts": {"todo": 12, "in_progress": 7, "review": 3, "done": 41, "blocked": 1, "openEscalations": 2},
+        },
+        "bench": {"n": n, "t": t},
+    }
+
+
+def change_events(first: int, count: int, t: float, project: str) -> list[tuple[str, dict[str, Any]]]:
+    """The `(event type, data)` of one change numbered `first`.. (`count` 2: status change + project update)."""
+    if count == 1:
+        return [(CLOSING_TYPE, project_data(first, t, project))]
+    return [(EVENT_TYPE, event_data(first, t, project)), (CLOSING_TYPE, project_data(first + 1, t, project))]
+
+
 class Publisher:
-    """Publishes numbered events at a fixed rate through `publish_one(n, t)`."""
+    """Publishes numbered events at a fixed rate, two per change, through `publish_one(event_type, data, project)`."""
 
     def __init__(self, publish_one: Any) -> None:
         self.publish_one = publish_one
@@ -80,7 +105,7 @@ class Publisher:
         lag_max = 0.0
         failed: list[int] = []
         errors: dict[str, int] = {}
-        for i in range(n):
+        for i in range(0, n, 2):
             number = start + i
             if rate > 0:
                 scheduled = t0 + i / rate
@@ -91,13 +116,14 @@ class Publisher:
                 stamp = scheduled
             else:
                 stamp = time.monotonic()
-            try:
-                await self.publish_one(number, stamp, project)
-            except Exception as exc:  # noqa: BLE001 - a failed publish is counted, the run goes on
-                failed.append(number)
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            for k, (event_type, data) in enumerate(change_events(number, min(2, n - i), stamp, project)):
+                try:
+                    await self.publish_one(event_type, data, project)
+                except Exception as exc:  # noqa: BLE001 - a failed publish is counted, the run goes on
+                    failed.append(number + k)
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             if rate <= 0:
-                await asyncio.sleep(0)  # one event per loop turn, as separate requests would publish them
+                await asyncio.sleep(0)  # one change per loop turn, as separate requests would publish them
         return {"published": n - len(failed), "failed": failed, "errors": errors, "elapsed_s": time.monotonic() - t0,
                 "lag_max_ms": lag_max * 1000}
 
@@ -244,8 +270,8 @@ def build_app_kind(settings: Any) -> tuple[Any, Any]:
 
     inner = create_app(settings)
 
-    async def publish_one(n: int, t: float, project: str) -> None:
-        await inner.state.bus.publish(project, EVENT_TYPE, event_data(n, t, project))
+    async def publish_one(event_type: str, data: dict[str, Any], project: str) -> None:
+        await inner.state.bus.publish(project, event_type, data)
 
     bench = Starlette(routes=bench_routes(Publisher(publish_one), floor=True))
     return inner, with_prefix(inner, bench)
@@ -281,11 +307,11 @@ def build_bare_kind() -> Any:
         finally:
             clients.discard(ws)
 
-    async def publish_one(n: int, t: float, project: str) -> None:
+    async def publish_one(event_type: str, data: dict[str, Any], project: str) -> None:
         seq = seqs[project] = seqs.get(project, 0) + 1
-        text = json.dumps({"type": "event", "eventType": EVENT_TYPE, "projectId": project, "seq": seq,
-                           "epoch": epoch, "timestamp": int(time.time() * 1000),
-                           "data": event_data(n, t, project)}, separators=(",", ":"))
+        text = json.dumps({"type": "event", "eventType": event_type, "projectId": project, "seq": seq,
+                           "epoch": epoch, "timestamp": int(time.time() * 1000), "data": data},
+                          separators=(",", ":"), ensure_ascii=False)
         for ws in list(clients):
             try:
                 await ws.send_text(text)

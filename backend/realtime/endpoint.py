@@ -494,7 +494,7 @@ async def _serve(websocket: WebSocket, token: str | None, subprotocol: str | Non
             "ws.close",
             client_id=client_id,
             user_id=user_id,
-            code=code if code in frames.LABELLED_CLOSE_CODES else frames.close_label(code),
+            code=code,
             initiator=initiator,
             reason=outbox.close_reason if initiator == "server" else None,
             duration_s=round(time.monotonic() - now, 3),

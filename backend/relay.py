@@ -55,7 +55,9 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._bus_id: str | None = None
+        self._renewed: set[str] = set()  # projects whose current backlog already started a new epoch
         self._crash = os.environ.get(CRASH_HOOK) == "1"
+        self.sweep_s = SWEEP_S
         self.healthy = True  # False while the bus refuses publishes (for /readyz)
         self.published = 0
 
@@ -107,7 +109,7 @@ class Relay:
                     next_reconcile = now + RECONCILE_S
                     await self.reconcile()
                 if now >= next_sweep:
-                    next_sweep = now + SWEEP_S
+                    next_sweep = now + self.sweep_s
                     await self._sweep(sweep_grace)
                     sweep_grace = SWEEP_GRACE_MS
                 await self._publish_waiting()
@@ -164,7 +166,10 @@ class Relay:
             self._idle.set()
 
     async def _publish(self, row: OutboxRow) -> None:
-        fresh = self.store.clock() - row.created_at > self.settings.bus_outage_s * 1000
+        late = self.store.clock() - row.created_at > self.settings.bus_outage_s * 1000
+        if not late:
+            self._renewed.discard(row.project_id)
+        fresh = late and row.project_id not in self._renewed  # one new epoch per backlog, at its first event
         if fresh:  # a new epoch accepts a gap: make sure no older unsent row of the project is left behind
             earlier = [r for r in await self.store.unsent(project_id=row.project_id, limit=BATCH) if r.pseq < row.pseq]
             if earlier:
@@ -187,6 +192,7 @@ class Relay:
             self.metrics.events_published.labels(row.event_type).inc()
             self.metrics.outbox_lag.observe(max(0, self.store.clock() - row.created_at) / 1000)
             if fresh:
+                self._renewed.add(row.project_id)
                 self.metrics.epoch_resets.labels(reason="outage").inc()
                 log_event("relay.new_epoch", logging.WARNING, project_id=row.project_id, reason="outage",
                           epoch=event.epoch, waited_ms=self.store.clock() - row.created_at)

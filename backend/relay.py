@@ -143,7 +143,8 @@ class Relay:
         if self._waiting or self._stopping:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):  # no helper task, unlike wait_for
+                await self._wake.wait()
 
     async def _sweep(self, grace_ms: int) -> None:
         cutoff = self.store.clock() - grace_ms

@@ -282,6 +282,24 @@ async def login(request: Request) -> Response:
     return JSONResponse({"token": token, "expiresAt": expires_s * 1000, "user": user})
 
 
+async def refresh(request: Request) -> Response:
+    """Exchange the refresh cookie for a new access token (backend.sessions). A JSON request from an allowed origin
+    only, so another site cannot make the browser refresh (the cookie is SameSite=Strict as well)."""
+    _require_json(request)
+    from .realtime.endpoint import origin_allowed
+
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(request.app.state.settings, origin, request.headers.get("host")):
+        raise ApiError(403, "forbidden", "this origin may not refresh")
+    sessions = request.app.state.sessions
+    return await sessions.refresh(request, _store(request).user)  # type: ignore[no-any-return]
+
+
+async def logout(request: Request) -> Response:
+    claims = await _claims(request, "/api/auth/logout")
+    return await request.app.state.sessions.logout(request, claims)  # type: ignore[no-any-return]
+
+
 async def list_projects(request: Request) -> Response:
     user_id = await _user_id(request, "/api/projects")
     return JSONResponse(await _store(request).list_projects(user_id))
@@ -406,6 +424,8 @@ def _wrap(template: str, handler: Handler) -> Handler:
 
 ROUTES: tuple[tuple[str, Handler, list[str]], ...] = (
     ("/api/auth/login", login, ["POST"]),
+    ("/api/auth/refresh", refresh, ["POST"]),
+    ("/api/auth/logout", logout, ["POST"]),
     ("/api/projects", list_projects, ["GET"]),
     ("/api/projects/{project_id}", get_project, ["GET"]),
     ("/api/projects/{project_id}/stories", list_stories, ["GET"]),

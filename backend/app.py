@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .realtime.endpoint import realtime_endpoint
 from .realtime.hub import Hub
 from .relay import Relay
+from .sessions import Sessions
 from .settings import Settings
 from .store import Store, open_store
 
@@ -83,6 +84,10 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
         await hub.start()
         relay = Relay(settings, store, event_bus, metrics)
         await relay.start()
+        sessions = Sessions(settings, store, event_bus, hub, metrics)
+        await sessions.start()
+        app.state.sessions = sessions
+        app.state.token_checker = sessions.check
         app.state.bus = event_bus
         app.state.hub = hub
         app.state.relay = relay

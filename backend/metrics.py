@@ -86,6 +86,9 @@ class Metrics:
         self.epoch_resets = Counter(
             "dashboard_epoch_resets_total", "Projects given a new epoch so clients refetch", ["reason"], registry=r
         )
+        self.auth_refresh = Counter(
+            "dashboard_auth_refresh_total", "Token refreshes by result", ["result"], registry=r
+        )
         self.http_requests = Counter(
             "http_requests_total", "REST requests by route and status", ["route", "status"], registry=r
         )

@@ -64,6 +64,8 @@ class Settings:
     jwt_audience: str = "dashboard"
     jwt_leeway_s: int = 0
     token_ttl_s: int = 900
+    refresh_ttl_s: int = 604800  # refresh cookie lifetime, sliding with each refresh
+    session_max_s: int = 2592000  # a sign-in session ends this long after sign-in, refreshed or not
     heartbeat_interval_ms: int = 30000
     heartbeat_misses: int = 2
     reconnect_base_ms: int = 1000

@@ -42,6 +42,7 @@ class MemoryBus:
         self._clock = clock
         self._projects: dict[str, _History] = {}
         self._listeners = ListenerSet()
+        self._control: list[Callable[[dict[str, Any]], None]] = []
 
     async def start(self) -> None:
         return None
@@ -54,6 +55,13 @@ class MemoryBus:
 
     def listen(self, callback: Listener) -> Unsubscribe:
         return self._listeners.add(callback)
+
+    def on_control(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._control.append(callback)
+
+    async def send_control(self, message: dict[str, Any]) -> None:
+        for callback in list(self._control):
+            callback(message)
 
     def _history(self, project_id: str) -> _History:
         history = self._projects.get(project_id)

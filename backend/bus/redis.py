@@ -17,6 +17,7 @@ The epoch lives in Redis, so it survives node restarts; it changes when a projec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -119,6 +120,8 @@ class RedisBus:
         self._last_seen: dict[str, tuple[str, int]] = {}
         self._all_maxlen = max(10_000, settings.history_size * ALL_STREAM_FACTOR)
         self._stopping = False
+        self._control: list[Any] = []
+        self._control_task: asyncio.Task[None] | None = None
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -160,10 +163,16 @@ class RedisBus:
         last_id = last[0][0] if last else "0-0"
         self._stopping = False
         self._reader = asyncio.create_task(self._read_loop(last_id), name="redis-bus-reader")
+        self._control_task = asyncio.create_task(self._control_loop(), name="redis-bus-control")
         log_event("bus.redis.start", last_id=last_id)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._control_task is not None:
+            self._control_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._control_task
+            self._control_task = None
         if self._reader is not None:
             # Let the reader finish its current XREAD (≤ READ_BLOCK_MS) rather than cancelling a blocked
             # read, which would leave a half-read connection behind.
@@ -175,6 +184,42 @@ class RedisBus:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    # -- control messages (every node, e.g. "close the sockets of this session") ---------------------
+
+    def on_control(self, callback: Any) -> None:
+        self._control.append(callback)
+
+    async def send_control(self, message: dict[str, Any]) -> None:
+        """Deliver `message` to the control listeners of every node (this one included), through Redis pub/sub."""
+        await self.redis.publish(f"{self.prefix}:control", _encode(message))
+
+    async def _control_loop(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(f"{self.prefix}:control")
+                    delay = 0.1
+                    while not self._stopping:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        try:
+                            payload = json.loads(message["data"])
+                        except (TypeError, ValueError):
+                            continue
+                        for callback in list(self._control):
+                            try:
+                                callback(payload)
+                            except Exception:  # noqa: BLE001 - one listener's bug must not stop the others
+                                logging.getLogger("dashboard").exception("control listener failed")
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log_event("bus.redis.control_error", logging.WARNING, error=type(exc).__name__, retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def ping(self) -> None:
         """Raise unless Redis answers (readiness)."""

@@ -310,3 +310,68 @@ class Store:
             "DELETE FROM auth_sessions WHERE max_expires_at < $1 OR expires_at < $1 OR revoked_at < $1", sessions_before
         ))
         return {"outbox": int(outbox), "idempotency": int(idem), "sessions": int(sessions)}
+
+    # -- sign-in sessions (backend.sessions) ----------------------------------------------------
+
+    async def create_session(self, user_id: str, sid: str, refresh_hash: str, *, expires_at: int, max_expires_at: int) -> None:
+        """A new sign-in session with its first refresh value (stored hashed)."""
+        now = self.clock()
+
+        def work() -> Work:
+            yield execute(
+                "INSERT INTO auth_sessions (id, user_id, created_at, max_expires_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                sid, user_id, now, max_expires_at, expires_at,
+            )
+            yield execute("INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)", refresh_hash, sid, now)
+
+        await self.transact(work())
+
+    async def rotate_refresh(self, refresh_hash: str, new_hash: str, *, refresh_ttl_ms: int) -> tuple[str, str | None, str | None]:
+        """Exchange a refresh value for a new one: `(result, session id, user id)`, result one of `ok`, `invalid`
+        (unknown value), `expired`, `revoked`, `reused` (an already exchanged value: the session is revoked now)."""
+        now = self.clock()
+
+        def work() -> Work:
+            token = yield one("SELECT session_id, rotated_at FROM refresh_tokens WHERE hash = $1", refresh_hash)
+            if token is None:
+                return "invalid", None, None
+            sid = token["session_id"]
+            session = yield one(
+                "UPDATE auth_sessions SET expires_at = expires_at WHERE id = $1"
+                " RETURNING user_id, revoked_at, expires_at, max_expires_at",
+                sid,
+            )
+            if session is None:
+                return "invalid", None, None
+            user_id = session["user_id"]
+            if session["revoked_at"] is not None:
+                return "revoked", sid, user_id
+            if token["rotated_at"] is not None:  # a stolen copy, or a replay: end the whole session
+                yield execute(
+                    "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = 'refresh reused' WHERE id = $1", sid, now
+                )
+                return "reused", sid, user_id
+            if now >= session["expires_at"] or now >= session["max_expires_at"]:
+                return "expired", sid, user_id
+            yield execute("UPDATE refresh_tokens SET rotated_at = $2 WHERE hash = $1", refresh_hash, now)
+            yield execute("INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES ($1, $2, $3)", new_hash, sid, now)
+            expires = min(now + refresh_ttl_ms, int(session["max_expires_at"]))
+            yield execute("UPDATE auth_sessions SET expires_at = $2 WHERE id = $1", sid, expires)
+            return "ok", sid, user_id
+
+        return await self.transact(work())  # type: ignore[no-any-return]
+
+    async def revoke_session(self, sid: str, reason: str) -> bool:
+        """End a session now (its refresh values and access tokens stop working); True if it was live."""
+        changed = await self._run(execute(
+            "UPDATE auth_sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+            sid, self.clock(), reason,
+        ))
+        return bool(changed)
+
+    async def session_live(self, sid: str) -> bool | None:
+        """True while the session exists and is not revoked (nor past its maximum age); None if unknown."""
+        row = await self._run(one("SELECT revoked_at, max_expires_at FROM auth_sessions WHERE id = $1", sid))
+        if row is None:
+            return None
+        return row["revoked_at"] is None and self.clock() < int(row["max_expires_at"])

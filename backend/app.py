@@ -26,6 +26,7 @@ from .logs import log_event
 from .metrics import Metrics
 from .realtime.endpoint import realtime_endpoint
 from .realtime.hub import Hub
+from .limits import RedisLoginLimiter
 from .relay import Relay
 from .sessions import Sessions
 from .settings import Settings
@@ -87,6 +88,9 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
         sessions = Sessions(settings, store, event_bus, hub, metrics)
         await sessions.start()
         app.state.sessions = sessions
+        redis = getattr(event_bus, "client", None)  # the Redis connection pool, when the bus is Redis
+        if redis is not None and not hasattr(app.state, "login_limiter"):
+            app.state.login_limiter = RedisLoginLimiter(redis)  # sign-in windows shared by every node
         app.state.token_checker = sessions.check
         app.state.bus = event_bus
         app.state.hub = hub

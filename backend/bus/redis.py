@@ -137,6 +137,11 @@ class RedisBus:
         return f"{self.prefix}:all"
 
     @property
+    def client(self) -> aioredis.Redis | None:
+        """The started Redis client, shared with what else keeps cluster-wide state (sign-in limits)."""
+        return self._redis
+
+    @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
             raise RuntimeError("RedisBus is not started")

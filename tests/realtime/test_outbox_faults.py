@@ -218,3 +218,15 @@ async def test_after_a_redis_restart_the_first_subscribe_does_not_fail_on_a_stal
             for project_id in ("apollo", "borealis"):
                 reply = (await subscribe(ws, project_id))[-1]
                 assert reply["type"] == "subscribed", reply
+
+
+async def test_with_redis_the_sign_in_windows_are_shared_by_every_node(redis: RedisServer) -> None:
+    settings = make_settings(bus_url=redis.url, demo=True)
+    with LiveServer(settings) as node_a, LiveServer(settings, store=node_a.store) as node_b:
+        async with httpx.AsyncClient(timeout=10) as http:
+            codes = []
+            for n in range(7):
+                node = (node_a, node_b)[n % 2]
+                r = await http.post(node.http + "/api/auth/login", json={"username": "alice", "password": "wrong"})
+                codes.append(r.status_code)
+    assert codes == [401] * 5 + [429, 429]  # 5 failures per (address, user), counted across both nodes

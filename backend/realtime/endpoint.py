@@ -94,16 +94,20 @@ def _session_id(claims: dict[str, object]) -> str | None:
     return sid if isinstance(sid, str) and sid else None
 
 
-async def session_valid(app: Any, claims: dict[str, object]) -> bool:
-    """`await app.state.token_checker(claims)` if the app has one (e.g. "is this token's sign-in session still
-    valid?"); True without one. Exceptions propagate (the caller answers "try again later")."""
+async def session_refusal(app: Any, claims: dict[str, object]) -> str | None:
+    """Ask `app.state.token_checker(claims)` (if the app has one) whether this token's sign-in session is still
+    valid: None when it is (the checker answered None or True), else why not (the checker's string, or
+    "session revoked" for False). Without a checker every valid token is accepted. Exceptions propagate (the
+    caller answers "try again later")."""
     checker = getattr(app.state, "token_checker", None)
     if checker is None:
-        return True
+        return None
     result = checker(claims)
     if inspect.isawaitable(result):
         result = await result
-    return bool(result)
+    if result is None or result is True:
+        return None
+    return result if isinstance(result, str) and result else "session revoked"
 
 
 class _Connection:
@@ -341,17 +345,16 @@ class _Connection:
                          frame=frames.error("auth_mismatch", "the token belongs to another user"))
             return
         try:
-            valid = await session_valid(self.ws.app, claims)
+            refused = await session_refusal(self.ws.app, claims)
         except Exception:  # the check itself failed (store down): keep the old token's deadline, say so
             _log.exception("session check failed")
             outbox.push(frames.error("unavailable", "could not check the session; send the token again later"))
             return
-        if not valid:
-            self.metrics.auth_failures.labels(reason="session_revoked").inc()
-            log_event("ws.auth_failed", logging.WARNING, reason="session revoked", client_id=session.client_id,
+        if refused is not None:
+            self.metrics.auth_failures.labels(reason=_reason_label(refused)).inc()
+            log_event("ws.auth_failed", logging.WARNING, reason=refused, client_id=session.client_id,
                       user_id=session.user_id, via="in-band")
-            outbox.close(frames.AUTH_FAILED, "session revoked",
-                         frame=frames.error("Authentication failed", "session revoked"))
+            outbox.close(frames.AUTH_FAILED, refused[:120], frame=frames.error("Authentication failed", refused))
             return
         if outbox.close_code is not None:
             return
@@ -435,14 +438,14 @@ async def _serve(websocket: WebSocket, token: str | None, subprotocol: str | Non
         if not user:
             raise AuthError("unknown user")
         try:
-            valid = await session_valid(app, claims)
+            refused = await session_refusal(app, claims)
         except Exception:
             _log.exception("session check failed")
             metrics.connections_total.labels(status="refused").inc()
             await _refuse(websocket, frames.TRY_AGAIN_LATER, "unavailable", "could not check the session; try again later")
             return
-        if not valid:
-            raise AuthError("session revoked")
+        if refused is not None:
+            raise AuthError(refused)
     except AuthError as exc:
         reason = str(exc)
         metrics.auth_failures.labels(reason=_reason_label(reason)).inc()

@@ -28,9 +28,16 @@ from realtime_harness import (
 pytestmark = pytest.mark.anyio
 
 
+def without_session_check(live: LiveServer) -> LiveServer:
+    """Accept any session id (the tokens here are made up; the app's own check knows only signed-in sessions)."""
+    live.app.state.token_checker = None
+    return live
+
+
 async def test_in_band_auth_moves_the_expiry_and_leaves_subscriptions_and_delivery_alone() -> None:
     settings = make_settings(heartbeat_interval_ms=30000)
     with LiveServer(settings) as live:
+        without_session_check(live)
         async with open_ws(live, token_with(settings, "alice", ttl_s=1, sid="s1"), protocols=V2) as ws:
             await recv_type(ws, "connected")
             [reply] = await subscribe(ws, "apollo")
@@ -95,22 +102,28 @@ async def test_a_malformed_auth_message_is_an_error_not_a_close() -> None:
 
 
 class Revocations:
-    """A `token_checker` as the lead's sessions will provide: a session id is valid until revoked."""
+    """A `token_checker` like the sessions': None while the token's session is live, else why it is refused
+    (`boolean=True`: True / False instead)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, boolean: bool = False) -> None:
         self.revoked: set[str] = set()
         self.seen: list[dict[str, Any]] = []
+        self.boolean = boolean
 
-    async def __call__(self, claims: dict[str, Any]) -> bool:
+    async def __call__(self, claims: dict[str, Any]) -> str | bool | None:
         self.seen.append(claims)
         await asyncio.sleep(0)
-        return claims.get("sid") not in self.revoked
+        live = claims.get("sid") not in self.revoked
+        if self.boolean:
+            return live
+        return None if live else "session revoked"
 
 
-async def test_the_token_checker_is_asked_at_the_handshake_and_in_band() -> None:
+@pytest.mark.parametrize("boolean", [False, True])
+async def test_the_token_checker_is_asked_at_the_handshake_and_in_band(boolean: bool) -> None:
     settings = make_settings()
     with LiveServer(settings) as live:
-        checker = live.app.state.token_checker = Revocations()
+        checker = live.app.state.token_checker = Revocations(boolean=boolean)
         checker.revoked.add("dead")
         async with open_ws(live, token_with(settings, "alice", sid="dead")) as ws:
             code, messages = await close_code(ws)
@@ -139,6 +152,7 @@ async def test_a_failing_token_checker_means_try_again_later_not_signed_out() ->
 async def test_closing_a_session_or_a_user_closes_exactly_their_connections() -> None:
     settings = make_settings(max_connections_per_user=0)
     with LiveServer(settings) as live:
+        without_session_check(live)
         hub = live.app.state.hub
         async with (
             open_ws(live, token_with(settings, "alice", sid="s1")) as s1,

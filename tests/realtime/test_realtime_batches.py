@@ -223,3 +223,39 @@ async def test_a_v2_subscriber_whose_replay_overlaps_the_tick_gets_only_what_is_
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+# -- end to end: REST change → outbox → relay → bus → hub → one frame ---------------------------
+
+
+@pytest.mark.parametrize("bus", ["memory", "redis"])
+async def test_a_rest_change_reaches_a_v2_client_as_one_batch_through_the_relay(bus: str, request: Any) -> None:
+    """The relay awaits the database between a change's two events (and Redis adds its own round trips): the hub
+    still sends them in one frame."""
+    import httpx
+
+    from realtime_harness import V2, LiveServer, open_ws, recv, recv_type, subscribe, token_for
+
+    overrides: dict[str, Any] = {"demo": True}
+    if bus == "redis":
+        overrides["bus_url"] = request.getfixturevalue("redis_url")
+    settings = make_settings(**overrides)
+    with LiveServer(settings) as live:
+        async with open_ws(live, token_for(settings), protocols=V2) as ws, \
+                httpx.AsyncClient(base_url=live.http, timeout=10, trust_env=False) as http:
+            await recv_type(ws, "connected")
+            await subscribe(ws, "apollo")
+            login = await http.post("/api/auth/login", json={"username": "alice", "password": "alice-demo"})
+            headers = {"Authorization": "Bearer " + login.json()["token"]}
+            stories = (await http.get("/api/projects/apollo/stories", headers=headers)).json()
+            for n, target in enumerate(("blocked", "review", "done")):
+                story = stories[n]
+                if story["status"] == target:
+                    continue
+                answer = await http.patch(f"/api/stories/{story['id']}", json={"status": target}, headers=headers)
+                assert answer.status_code == 200
+                frame = await recv(ws)
+                assert frame["type"] == "batch", frame
+                assert [e["eventType"] for e in frame["events"]] == ["story.status.changed", "project.updated"]
+                assert frame["events"][0]["data"]["to"] == target
+                assert frame["events"][1]["seq"] == frame["events"][0]["seq"] + 1

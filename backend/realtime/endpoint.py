@@ -394,7 +394,8 @@ async def _refuse(websocket: WebSocket, code: int, error: str, message: str) -> 
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
-    """Serve one WebSocket connection from handshake to close."""
+    """Serve one WebSocket connection from handshake to close (one coroutine frame per connection: its locals are
+    what an idle connection keeps alive)."""
     app = websocket.app
     settings: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
@@ -409,102 +410,96 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
                       f"at most {settings.max_connections_per_ip} connections per address")
         return
     try:
-        await _serve(websocket, token, subprotocol)
+        store = app.state.store
+        origin = websocket.headers.get("origin")
+        offered = websocket.scope.get("subprotocols") or ()
+        via = "subprotocol" if any(p.startswith(frames.BEARER_PREFIX) for p in offered) else "query"
+        del offered
+        if not origin_allowed(settings, origin, websocket.headers.get("host")):
+            metrics.auth_failures.labels(reason="origin").inc()
+            metrics.connections_total.labels(status="origin_forbidden").inc()
+            log_event("ws.auth_failed", logging.WARNING, reason="origin not allowed", origin=origin[:200] if origin else None)
+            await _refuse(websocket, frames.ORIGIN_FORBIDDEN, "Origin not allowed", "this origin may not connect")
+            return
+        try:
+            claims = verify_token(settings, token)
+            user_id = str(claims["sub"])
+            user = store.user(user_id) if hasattr(store, "user") else True
+            if inspect.isawaitable(user):
+                user = await user
+            if not user:
+                raise AuthError("unknown user")
+            try:
+                refused = await session_refusal(app, claims)
+            except Exception:
+                _log.exception("session check failed")
+                metrics.connections_total.labels(status="refused").inc()
+                await _refuse(websocket, frames.TRY_AGAIN_LATER, "unavailable", "could not check the session; try again later")
+                return
+            if refused is not None:
+                raise AuthError(refused)
+        except AuthError as exc:
+            reason = str(exc)
+            metrics.auth_failures.labels(reason=_reason_label(reason)).inc()
+            metrics.connections_total.labels(status="auth_failed").inc()
+            log_event("ws.auth_failed", logging.WARNING, reason=reason, via=via)
+            await _refuse(websocket, frames.AUTH_FAILED, "Authentication failed", reason)
+            return
+
+        client_id = _client_id()
+        sid = _session_id(claims)
+        try:
+            outbox = hub.connect(client_id, user_id, batched=subprotocol == frames.PROTOCOL_V2, session_id=sid)
+        except Refused as refusal:
+            metrics.connections_total.labels(status="refused").inc()
+            log_event("ws.refused", client_id=client_id, user_id=user_id, code=refusal.code, reason=refusal.message)
+            if refusal.code == frames.SERVICE_RESTART:
+                try:
+                    await websocket.send_text(frames.restart(settings.restart_window_ms))
+                    await websocket.close(refusal.code, "service restart")
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    pass
+            else:
+                await _refuse(websocket, refusal.code, refusal.error, refusal.message)
+            return
+
+        now = time.monotonic()
+        expires_at, _ = _expires_at(settings, claims, now)
+        session = Session(
+            settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at,
+            first_ping=0.5 + random.random() / 2, session_id=sid,
+        )
+        del claims, token, user, refused  # this frame lives as long as the connection: keep only what is needed
+        epoch = getattr(hub.bus, "epoch", "")
+        outbox.push(frames.connected(client_id, user_id, settings.heartbeat_interval_ms, epoch))
+        metrics.connections_total.labels(status="accepted").inc()
+        metrics.connections_total.labels(status="connected").inc()
+        log_event("ws.connect", client_id=client_id, user_id=user_id, origin=origin, via=via,
+                  protocol=subprotocol or frames.PROTOCOL)
+        connection = _Connection(websocket, settings, hub, metrics, store, session, outbox)
+        try:
+            await connection.run()
+        finally:
+            hub.disconnect(outbox)
+            code = outbox.close_code if outbox.close_code is not None else connection.peer_code or 1006
+            initiator = "server" if outbox.close_code is not None else "client"
+            metrics.disconnects.labels(code=frames.close_label(code)).inc()
+            metrics.connections_total.labels(status="disconnected").inc()
+            log_event(
+                "ws.close",
+                client_id=client_id,
+                user_id=user_id,
+                code=code,
+                initiator=initiator,
+                reason=outbox.close_reason if initiator == "server" else None,
+                duration_s=round(time.monotonic() - now, 3),
+                subscriptions=len(session.subscriptions),
+            )
+            if (websocket.application_state == WebSocketState.CONNECTED and outbox.close_code is None
+                    and connection.peer_code is None):
+                try:
+                    await websocket.close(frames.GOING_AWAY)
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    pass
     finally:
         hub.release_address(address)
-
-
-async def _serve(websocket: WebSocket, token: str | None, subprotocol: str | None) -> None:
-    app = websocket.app
-    settings: Settings = app.state.settings
-    metrics: Metrics = app.state.metrics
-    store = app.state.store
-    hub: Hub = app.state.hub
-    origin = websocket.headers.get("origin")
-    offered = websocket.scope.get("subprotocols") or ()
-    via = "subprotocol" if any(p.startswith(frames.BEARER_PREFIX) for p in offered) else "query"
-    if not origin_allowed(settings, origin, websocket.headers.get("host")):
-        metrics.auth_failures.labels(reason="origin").inc()
-        metrics.connections_total.labels(status="origin_forbidden").inc()
-        log_event("ws.auth_failed", logging.WARNING, reason="origin not allowed", origin=origin[:200] if origin else None)
-        await _refuse(websocket, frames.ORIGIN_FORBIDDEN, "Origin not allowed", "this origin may not connect")
-        return
-    try:
-        claims = verify_token(settings, token)
-        user_id = str(claims["sub"])
-        user = store.user(user_id) if hasattr(store, "user") else True
-        if inspect.isawaitable(user):
-            user = await user
-        if not user:
-            raise AuthError("unknown user")
-        try:
-            refused = await session_refusal(app, claims)
-        except Exception:
-            _log.exception("session check failed")
-            metrics.connections_total.labels(status="refused").inc()
-            await _refuse(websocket, frames.TRY_AGAIN_LATER, "unavailable", "could not check the session; try again later")
-            return
-        if refused is not None:
-            raise AuthError(refused)
-    except AuthError as exc:
-        reason = str(exc)
-        metrics.auth_failures.labels(reason=_reason_label(reason)).inc()
-        metrics.connections_total.labels(status="auth_failed").inc()
-        log_event("ws.auth_failed", logging.WARNING, reason=reason, via=via)
-        await _refuse(websocket, frames.AUTH_FAILED, "Authentication failed", reason)
-        return
-
-    client_id = _client_id()
-    sid = _session_id(claims)
-    try:
-        outbox = hub.connect(client_id, user_id, batched=subprotocol == frames.PROTOCOL_V2, session_id=sid)
-    except Refused as refused:
-        metrics.connections_total.labels(status="refused").inc()
-        log_event("ws.refused", client_id=client_id, user_id=user_id, code=refused.code, reason=refused.message)
-        if refused.code == frames.SERVICE_RESTART:
-            try:
-                await websocket.send_text(frames.restart(settings.restart_window_ms))
-                await websocket.close(refused.code, "service restart")
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
-        else:
-            await _refuse(websocket, refused.code, refused.error, refused.message)
-        return
-
-    now = time.monotonic()
-    expires_at, _ = _expires_at(settings, claims, now)
-    session = Session(
-        settings, client_id=client_id, user_id=user_id, now=now, expires_at=expires_at,
-        first_ping=0.5 + random.random() / 2, session_id=sid,
-    )
-    del claims, token, user  # this frame lives as long as the connection: keep only what is needed
-    epoch = getattr(hub.bus, "epoch", "")
-    outbox.push(frames.connected(client_id, user_id, settings.heartbeat_interval_ms, epoch))
-    metrics.connections_total.labels(status="accepted").inc()
-    metrics.connections_total.labels(status="connected").inc()
-    log_event("ws.connect", client_id=client_id, user_id=user_id, origin=origin, via=via,
-              protocol=subprotocol or frames.PROTOCOL)
-    connection = _Connection(websocket, settings, hub, metrics, store, session, outbox)
-    try:
-        await connection.run()
-    finally:
-        hub.disconnect(outbox)
-        code = outbox.close_code if outbox.close_code is not None else connection.peer_code or 1006
-        initiator = "server" if outbox.close_code is not None else "client"
-        metrics.disconnects.labels(code=frames.close_label(code)).inc()
-        metrics.connections_total.labels(status="disconnected").inc()
-        log_event(
-            "ws.close",
-            client_id=client_id,
-            user_id=user_id,
-            code=code,
-            initiator=initiator,
-            reason=outbox.close_reason if initiator == "server" else None,
-            duration_s=round(time.monotonic() - now, 3),
-            subscriptions=len(session.subscriptions),
-        )
-        if websocket.application_state == WebSocketState.CONNECTED and outbox.close_code is None and connection.peer_code is None:
-            try:
-                await websocket.close(frames.GOING_AWAY)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass

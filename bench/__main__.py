@@ -2,7 +2,8 @@
 
 - `fanout`:  fan-out throughput/latency and memory per connection, our server vs the bare Starlette loop
              (N = 1000 and 5000; `--quick`: N = 200).
-- `storm`:   reconnect storm of N = 1000 real client cores (`--quick`: 100), no-jitter vs jitter schedule.
+- `storm`:   reconnect storm of N = 5000 real client cores (`--quick`: 100): SIGKILL with the no-jitter and the
+             jitter schedule, and (under `all`, or `--kill term`) SIGTERM with the default client.
 - `browser`: time to live data in headless Chromium, MicroPython / Pyodide / plain-JS floor, cold and warm.
 - `profile`: the fan-out once more with allocation tracing and pyinstrument (writes bench/results/profile-*).
 - `report`:  tables and plots from the JSON results (also run at the end of every other command).
@@ -71,27 +72,32 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in ("all", "storm"):
         from bench.storm import StormConfig, run_storm
 
-        scfg = StormConfig(out=prefix + "storm.json", tag=tag)
-        if args.quick:
-            scfg.clients, scfg.during_s = 100, 4.0
-        if args.clients:
-            scfg.clients = args.clients
-        if args.kill:
-            scfg.kill = args.kill
-        if args.variant:
-            scfg.variant = args.variant
-        if args.modes:
-            scfg.modes = args.modes
-        if args.down is not None:
-            scfg.down_s = args.down
-        if args.storm_workers:
-            scfg.workers = args.storm_workers
-        if scfg.kill == "term" or scfg.variant:
-            scfg.out = prefix + "storm" + ("-term" if scfg.kill == "term" else "") + \
-                ("-" + scfg.variant.replace(",", "-") if scfg.variant else "") + ".json"
-        if args.out:
-            scfg.out = prefix + args.out
-        run_storm(scfg)
+        # `all`: the SIGKILL storm (seed and jitter schedules) and the SIGTERM storm (the default jitter client)
+        kills = [args.kill] if args.kill or cmd == "storm" else ["kill", "term"]
+        for kill in kills:
+            scfg = StormConfig(out=prefix + "storm.json", tag=tag)
+            if args.quick:
+                scfg.clients, scfg.during_s = 100, 4.0
+            if args.clients:
+                scfg.clients = args.clients
+            scfg.kill = kill or "kill"
+            if scfg.kill == "term":
+                scfg.modes, scfg.down_s = ["jitter"], 0.5  # a restart as a service manager does it, right after exit
+            if args.variant:
+                scfg.variant = args.variant
+            if args.modes:
+                scfg.modes = args.modes
+            if args.down is not None:
+                scfg.down_s = args.down
+            if args.storm_workers:
+                scfg.workers = args.storm_workers
+            scfg.rate = max(2.0, scfg.rate * 1000 / max(scfg.clients, 1000))  # events/s x clients stays ≈ 20 000/s
+            if scfg.kill == "term" or scfg.variant:
+                scfg.out = prefix + "storm" + ("-term" if scfg.kill == "term" else "") + \
+                    ("-" + scfg.variant.replace(",", "-") if scfg.variant else "") + ".json"
+            if args.out:
+                scfg.out = prefix + args.out
+            run_storm(scfg)
     if cmd in ("all", "browser"):
         from bench.browser import BrowserConfig, run_browser
 

@@ -46,7 +46,7 @@ BIN_S = 0.1
 
 @dataclass
 class StormConfig:
-    clients: int = 1000
+    clients: int = 5000
     workers: int = 2
     modes: list[str] = field(default_factory=lambda: ["seed", "jitter"])
     kill: str = "kill"  # "kill" (SIGKILL: abnormal 1006) or "term" (SIGTERM: restart hint + 1012)
@@ -152,11 +152,11 @@ async def run_mode(cfg: StormConfig, mode: str, tmp: Path) -> dict[str, Any]:
         for w, k in zip(workers, shares, strict=True):
             starts.append(w.call(cmd="start", count=k, first_index=first, url=f"ws://{HOST}:{port}/ws/status-updates",
                                  origin=base, http_base=base, token=token, config=config, project=cfg.project,
-                                 seed=1234, start_spread_s=2.0))
+                                 seed=1234, start_spread_s=max(2.0, cfg.clients / 500)))
             first += k
         await asyncio.gather(*starts)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 60:
+        while time.monotonic() - t0 < 60 + cfg.clients / 200:
             st = await asyncio.gather(*(w.call(cmd="status", since=0) for w in workers))
             if sum(s["resubscribed"] for s in st) >= cfg.clients:
                 break

@@ -245,7 +245,8 @@ class Hub:
             else:
                 epoch, seq = since.epoch, replayed[-1].seq if replayed else since.seq  # type: ignore[union-attr]
         except BaseException:
-            self._remove(project_id, outbox)
+            if subs.get(outbox) is sub:  # not a newer subscription made meanwhile (after an unsubscribe)
+                self._remove(project_id, outbox)
             raise
         if subs.get(outbox) is not sub:  # the connection went away during the await
             return ""

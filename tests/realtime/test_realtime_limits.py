@@ -362,3 +362,33 @@ async def test_a_closed_socket_is_never_written_after_an_overflow() -> None:
     outbox = hub.connect("c", "alice")
     assert outbox.push("a") and not outbox.push("b")
     assert outbox.close_code == frames.SLOW_CONSUMER and outbox.push("c")
+
+
+async def test_a_cancelled_retry_never_removes_the_subscription_that_replaced_it() -> None:
+    """unsubscribe cancels a retry whose bus call is in flight; a new subscribe made before the cancelled retry
+    has unwound must survive it."""
+
+    class SlowBus(MemoryBus):
+        def __init__(self) -> None:
+            super().__init__(make_settings())
+            self.gate = asyncio.Event()
+            self.calls = 0
+
+        async def position(self, project_id: str) -> tuple[str, int]:
+            self.calls += 1
+            if self.calls == 1:
+                await self.gate.wait()  # the retry's call hangs…
+            return await super().position(project_id)
+
+    bus = SlowBus()
+    hub = await _hub(bus)
+    hub.retry_base_s = 0.0
+    outbox = hub.connect("c", "alice")
+    hub.retry_subscribe(outbox, "apollo", None, lambda project: None)
+    while bus.calls == 0:
+        await asyncio.sleep(0)
+    hub.unsubscribe(outbox, "apollo")  # cancels the retry; its sub is dropped at once
+    await hub.subscribe(outbox, "apollo", None)  # a new subscribe, before the retry task has unwound
+    await _settle()
+    assert hub.is_subscribed(outbox, "apollo")
+    assert hub.metrics.registry.get_sample_value("websocket_active_subscriptions") == 1

@@ -391,7 +391,7 @@ class Hub:
         held: float | None = None
         for project_id in list(self._tick):
             opened = self._open_changes.get(project_id)
-            if opened is not None and now - opened < self.change_hold_s:
+            if opened is not None and now - opened < self.change_hold_s - 0.001:  # a timer may fire a hair early
                 held = opened if held is None else min(held, opened)
                 continue
             events = self._tick.pop(project_id)

@@ -182,6 +182,17 @@ class Server:
                 self.send(sock, event)
         return event
 
+    def forbid(self, pid):
+        """The membership is revoked: every socket holding `pid` gets `forbidden` and loses it."""
+        for sock in self.sockets:
+            if sock.open and pid in sock.subs:
+                sock.subs.remove(pid)
+                self.send(sock, {"type": "error", "error": "forbidden", "projectId": pid, "message": "not a member"})
+
+    def subscribed(self, pid):
+        """How many open sockets hold `pid`."""
+        return len([s for s in self.sockets if s.open and pid in s.subs])
+
     def ping_all(self):
         for sock in self.sockets:
             if sock.open:
@@ -291,7 +302,11 @@ class Tab:
 
 
 class World:
-    def __init__(self, trace=None):
+    """`channel_to_frozen` False: a frozen page gets channel messages only when unfrozen (Chromium delivers
+    them at once; the protocol must not rely on it)."""
+
+    def __init__(self, trace=None, channel_to_frozen=True):
+        self.channel_to_frozen = channel_to_frozen
         self.now = 0.0
         self.tabs = []
         self.queue = []  # [(tab, kind, fn)] in delivery order
@@ -352,7 +367,7 @@ class World:
             tab, kind, fn = self.queue.pop(0)
             if tab.gone:
                 continue
-            if tab.frozen and kind != "channel":
+            if tab.frozen and (kind != "channel" or not self.channel_to_frozen):
                 tab.parked.append((tab, kind, fn))
                 continue
             fn()
@@ -363,7 +378,7 @@ class World:
         """Run every timer due within `ms` (and everything they cause), in deadline order."""
         end = self.now + ms
         self.settle()
-        while True:
+        for _ in range(100000):
             best = None
             if self.server.next_ping <= end:
                 best = (self.server.next_ping, None)
@@ -383,6 +398,8 @@ class World:
                 best[1].tabs.handle_timer(self.now)
                 best[1].pump()
             self.settle()
+        else:
+            raise RuntimeError("a timer keeps firing without moving its deadline")
         self.now = end
 
     def close_tab(self, tab):
@@ -413,7 +430,7 @@ class World:
         """What Chromium does on `resume`: the waiting lock outcomes and replies run first, the frames that
         arrived meanwhile are dropped and the socket closes with 1006."""
         tab.frozen = False
-        kept = [item for item in tab.parked if item[1] != "socket"]
+        kept = [item for item in tab.parked if item[1] != "socket"]  # channel messages, if parked, keep their order
         tab.parked = []
         for sock in self.server.sockets:
             if sock.tab is tab and sock.open:

@@ -321,6 +321,12 @@ class Tabs:
         """True where this tab owns the socket (leader, or own mode): the one to do browser-wide work."""
         return self.role in (LEADER, OWN)
 
+    def takeover_at(self):
+        """When this follower takes the lock with `steal` if no BEAT comes before (None: leading, or stealing)."""
+        if self.role in (FOLLOWER, CANDIDATE) and self.steal_lid is None:
+            return self._steal_at()
+        return None
+
     @property
     def stats(self):
         out = dict(self.counters)
@@ -759,9 +765,7 @@ class Tabs:
                 if owed is not None:
                     out.append(owed + self.config.timeout_ms)
             return out
-        if self.role in (FOLLOWER, CANDIDATE) and self.steal_lid is None:
-            return [self._steal_at()]
-        return []
+        return [self.takeover_at()]
 
     def _steal_at(self):
         base = self.leader_beat_at if self.leader_id is not None else self.alone_since

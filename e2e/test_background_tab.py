@@ -1,48 +1,10 @@
 """A really hidden and frozen tab. Pages Playwright launches itself are always "visible", so this test
-starts its own headless Chromium with a DevTools port and attaches with `connect_over_cdp`."""
+uses `cdp_browser` (conftest.py): a headless Chromium started by the test, attached with `connect_over_cdp`."""
 
-import json
-import subprocess
-import urllib.request
-
-import pytest
 from playwright.sync_api import expect
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, end_process, free_port, pick_move, wait_until
+from .harness import pick_move, wait_until
 from .pages import login_live, status, story, wait_for_line
-
-
-def _devtools_ready(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1) as response:
-            return "webSocketDebuggerUrl" in json.loads(response.read())
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def cdp_browser(playwright, tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            f"--remote-debugging-port={port}",
-            "--remote-debugging-address=127.0.0.1",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            *CHROMIUM_ARGS,
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: _devtools_ready(port), 20, message="Chromium DevTools endpoint")
-        browser = playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", no_defaults=True)
-        yield browser
-        browser.close()
-    finally:
-        end_process(proc)
 
 
 def heartbeat_timeouts(server):

@@ -344,3 +344,20 @@ def test_pagehide_says_bye_and_pageshow_rejoins():
     c.pump()
     w.advance(200)
     assert c.tabs.role == "follower" and c.status()["state"] == "live" and w.server.active() == 1
+
+
+def test_what_other_tabs_can_make_the_leader_hold_is_bounded():
+    from client import tabs as tabsmod
+
+    w, (a, b, c) = three_tabs()
+    for n in range(tabsmod.MAX_TABS + 10):
+        a.tabs.channel_message(channel.make(channel.TAB, "tx%03d" % n, {"leader": "ta", "link": None, "visible": True, "watch": []}), w.now)
+    assert len(a.tabs.shares) == tabsmod.MAX_TABS and len(a.tabs.peers) == tabsmod.MAX_TABS
+    a.pump()
+    link = b.tabs.vsid
+    for n in range(tabsmod.MAX_PROJECTS + 5):  # as if tb asked for that many (it holds apollo already)
+        a.tabs.channel_message(channel.make(channel.SUB, "tb", {"link": link, "projectId": "p%03d" % n, "since": None}, to="ta"), w.now)
+    a.pump()
+    assert len(a.tabs.shares["tb"].refs) == tabsmod.MAX_PROJECTS
+    refused = [m for m in posts(a, "reply") if m["body"]["frame"].get("error") == "too_many_subscriptions"]
+    assert len(refused) == 6

@@ -47,6 +47,8 @@ LINK_CLOSED = 1001  # what a follower's runtime sees when its leader goes away (
 LINK_LOST = 1006  # the leader lost its socket without a close code
 CLOSE_NOT_LEADER = 1000  # the code a leader that steps down closes its socket with
 
+MAX_TABS = 64  # tabs a leader serves (and peers a follower ranks itself against); more are ignored
+MAX_PROJECTS = 64  # projects one tab may hold through the leader (the server's own per-socket cap)
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _REPLAY_STATES = ("waiting", "suspended")  # runtime phases a live leader wakes up at once
 
@@ -628,8 +630,11 @@ class Tabs:
                 share.owed_since = now
 
     def _share(self, tab_id, now):
+        """The share of `tab_id` (created on first contact), or None when MAX_TABS are served already."""
         share = self.shares.get(tab_id)
         if share is None:
+            if len(self.shares) >= MAX_TABS:
+                return None
             share = Share(tab_id)
             self.shares[tab_id] = share
         share.owed_since = None
@@ -641,6 +646,8 @@ class Tabs:
         if self.role != LEADER or body.get("leader") != self.id:
             return
         share = self._share(sender, now)
+        if share is None:
+            return
         share.visible = visible
         link = body.get("link")
         if link is not None and link != share.link:
@@ -660,6 +667,8 @@ class Tabs:
             self.rt.retry_now(now)
             return
         share = self._share(sender, now)
+        if share is None:
+            return
         link = body.get("link")
         if kind == channel.LINK:
             share.link = link
@@ -681,6 +690,10 @@ class Tabs:
         if isinstance(since, list) and len(since) == 2 and isinstance(since[0], str) and wire.is_int(since[1]):
             position = (since[0], since[1])
         if pid not in share.refs:
+            if len(share.refs) >= MAX_PROJECTS:
+                frame = {"type": "error", "error": "too_many_subscriptions", "projectId": pid, "message": "too many projects for one tab"}
+                self._post(channel.REPLY, {"term": self.term, "link": link, "frame": frame}, sender)
+                return
             share.refs[pid] = self.rt.retain(pid, position, now)
         self._drop_waiting(sender, pid)
         self.waiting.append((sender, link, pid, position))
@@ -845,6 +858,8 @@ class Tabs:
     def _heard_peer(self, tab_id, visible, now):
         peer = self.peers.get(tab_id)
         if peer is None:
+            if len(self.peers) >= MAX_TABS:
+                return
             peer = [now, False]
             self.peers[tab_id] = peer
         peer[0] = now

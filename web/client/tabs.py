@@ -391,6 +391,10 @@ class Tabs:
                 self.vlive = False
             else:
                 self.held_open = None
+        elif kind == "log" and self.role == FOLLOWER and not command[1].get("event", "").startswith("tabs."):
+            record = dict(command[1])
+            record["via"] = "leader tab"  # the follower runtime's records are about its link, not a socket
+            self._out.append(("log", record))
         else:
             self._out.append(command)
 

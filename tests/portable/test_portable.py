@@ -43,6 +43,9 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         "connect timeout",
         '"state":"auth-required"',
         '"rolledBack":true',
+        '"event":"freeze"',  # page lifecycle: closed with 4001, then resumed at once
+        '"event":"resume"',
+        '"resumes":1',
         "own=true",
     ):
         assert needle in text, needle

@@ -10,7 +10,9 @@ After every input the owner (runtime.py) drains the outbox and re-arms one timer
 when it fires it calls `handle_timer(now)`.
 
 Public states (what the UI shows) are the values of `PUBLIC`; two internal states ("waiting" for the
-next try and "redialing" while a retry is in flight) are both shown as "reconnecting".
+next try and "redialing" while a retry is in flight) are both shown as "reconnecting", and "frozen" (the page
+is frozen or kept in the back/forward cache, no socket, no timers) is shown as "connecting": it is only ever
+seen at the moment the page comes back, when it dials at once.
 """
 
 from . import tokens, wire
@@ -25,6 +27,7 @@ REDIALING = "redialing"  # a retry is in flight
 OFFLINE = "offline"
 SUSPENDED = "suspended"  # fast retries used up: slow periodic retries + instant wake-ups
 AUTH_REQUIRED = "auth-required"
+FROZEN = "frozen"  # page frozen or in the back/forward cache: socket closed with 4001, nothing runs until resumed
 
 PUBLIC = {
     IDLE: "idle",
@@ -35,6 +38,7 @@ PUBLIC = {
     OFFLINE: "offline",
     SUSPENDED: "suspended",
     AUTH_REQUIRED: "auth-required",
+    FROZEN: "connecting",
 }
 
 # events
@@ -48,19 +52,22 @@ NO_TOKEN = "no-token"  # token missing or expired: never dial
 GO_OFFLINE = "offline"
 SCHEDULE = "schedule"  # back online while hidden: the dial waits for the tab to be visible
 STOP = "stop"
+FREEZE = "freeze"  # pagehide / freeze: the socket is closed on purpose, no retries while frozen
+RESUME = "resume"  # pageshow (persisted) / resume: dial at once, no backoff
 
-_AFTER_SOCKET = {CONNECTED: LIVE, FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE}
-_WAITING_LIKE = {DIAL: REDIALING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE}
+_AFTER_SOCKET = {CONNECTED: LIVE, FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN}
+_WAITING_LIKE = {DIAL: REDIALING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN}
 
 TRANSITIONS = {
     IDLE: {START: CONNECTING, NO_TOKEN: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, AUTH_FAILED: AUTH_REQUIRED},
     CONNECTING: dict(_AFTER_SOCKET),
-    LIVE: {FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE},
+    LIVE: {FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN},
     WAITING: dict(_WAITING_LIKE),
     REDIALING: dict(_AFTER_SOCKET),
     SUSPENDED: dict(_WAITING_LIKE),
     OFFLINE: {START: CONNECTING, DIAL: REDIALING, SCHEDULE: WAITING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, STOP: IDLE},
     AUTH_REQUIRED: {START: CONNECTING, NO_TOKEN: AUTH_REQUIRED, STOP: IDLE},
+    FROZEN: {RESUME: CONNECTING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE},
 }
 
 DIALING = (CONNECTING, REDIALING)
@@ -82,6 +89,9 @@ CLOSE_CONNECT_TIMEOUT = 4100
 CLOSE_HEARTBEAT_TIMEOUT = 4101
 CLOSE_PROBE_TIMEOUT = 4102
 CLOSE_OFFLINE = 4103
+# The page is frozen or going into the back/forward cache. RFC 6455 says 1001 (going away), but
+# `WebSocket.close()` refuses 1001 (InvalidAccessError), so the page sends its mirror in the private range.
+CLOSE_GOING_AWAY = 4001
 
 
 def close_policy(code):
@@ -98,7 +108,7 @@ def close_policy(code):
 def transition_rows():
     """The table as markdown rows `| state | event | next |` (docs/client.md embeds them; a test checks)."""
     rows = ["| state | event | next state |", "|---|---|---|"]
-    for state in (IDLE, CONNECTING, LIVE, WAITING, REDIALING, SUSPENDED, OFFLINE, AUTH_REQUIRED):
+    for state in (IDLE, CONNECTING, LIVE, WAITING, REDIALING, SUSPENDED, OFFLINE, AUTH_REQUIRED, FROZEN):
         row = TRANSITIONS[state]
         for event in sorted(row):
             rows.append("| " + state + " | " + event + " | " + row[event] + " |")
@@ -128,7 +138,7 @@ class NoHooks:
 class Stats:
     """Counters exposed as `Runtime.stats` (see `as_dict`)."""
 
-    __slots__ = ("connects", "reconnects", "drops", "failed_attempts", "last_reconnect_ms", "max_reconnect_ms", "total_reconnect_ms", "messages", "bad_frames")
+    __slots__ = ("connects", "reconnects", "resumes", "drops", "failed_attempts", "last_reconnect_ms", "max_reconnect_ms", "total_reconnect_ms", "messages", "bad_frames")
 
     def __init__(self):
         for name in self.__slots__:
@@ -138,6 +148,7 @@ class Stats:
         return {
             "connects": self.connects,
             "reconnects": self.reconnects,
+            "resumes": self.resumes,
             "drops": self.drops,
             "failedAttempts": self.failed_attempts,
             "lastReconnectMs": self.last_reconnect_ms,
@@ -155,7 +166,7 @@ class Connection:
         "config", "token_provider", "url", "wall_clock", "backoff", "out", "hooks", "state", "sid", "opened",
         "attempt", "retry_at", "deferred", "connect_deadline", "probe_deadline", "stable_at", "last_message_at",
         "watch_base", "heartbeat_ms", "restart_window", "hidden", "online", "close_code", "close_reason",
-        "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay",
+        "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay", "resuming",
     )
 
     def __init__(self, config, token_provider, url, out, hooks=None, rand=None, wall_clock=None):
@@ -190,6 +201,7 @@ class Connection:
         self.stats = Stats()
         self._next_sid = 0
         self.last_delay = None
+        self.resuming = False  # the current dial is the one made when the page came back
 
     # ------------------------------------------------------------------ table
     def allows(self, event):
@@ -339,7 +351,7 @@ class Connection:
                     self.hooks.link_lost(now)
                 self.retry_at = None
                 self._fire(GO_OFFLINE, now, reason="browser offline")
-            elif self.state in (WAITING, SUSPENDED):
+            elif self.state in (WAITING, SUSPENDED, FROZEN):
                 self.retry_at = None
                 self._fire(GO_OFFLINE, now, reason="browser offline")
             return
@@ -357,6 +369,34 @@ class Connection:
                 self.deferred = True
             else:
                 self._dial(now, DIAL)
+
+    def lifecycle_changed(self, frozen, now):
+        """The page is frozen or kept in the back/forward cache (`frozen`: `freeze`, `pagehide`), or it runs
+        again (`resume`, `pageshow` with `persisted`).
+
+        Frozen: close the socket with 4001 so the server frees it at once (a frozen page cannot answer
+        pings) and cancel every timer; offline, signed-out and idle pages are left as they are. Running
+        again: dial at once with the attempts reset; `connected` resubscribes with `since`, so the server
+        replays what was missed. Then drain the outbox.
+        """
+        if frozen:
+            if self.state not in DIALING and self.state not in (LIVE, WAITING, SUSPENDED):
+                return
+            was_live = self.state == LIVE
+            self._close_socket(CLOSE_GOING_AWAY, "page frozen")
+            self._clear_timers()
+            self.retry_at = None
+            self.deferred = False
+            self.resuming = False
+            self.close_code = CLOSE_GOING_AWAY
+            if was_live:
+                self.live_since = None
+                self.hooks.link_lost(now)
+            self._fire(FREEZE, now, reason="page frozen")
+        elif self.state == FROZEN:
+            self.attempt = 0
+            self._dial(now, RESUME)
+            self.resuming = self.state == CONNECTING
 
     def retry_now(self, now):
         """User asked to retry: reset attempts and dial at once (from reconnecting/suspended/offline/auth-required)."""
@@ -477,7 +517,10 @@ class Connection:
         self.live_since = now
         self.close_code = None
         self.stats.connects += 1
-        reconnect = self.ever_live
+        reconnect = self.ever_live and not self.resuming  # coming back from a freeze is not an outage
+        if self.resuming:
+            self.resuming = False
+            self.stats.resumes += 1
         downtime = None
         if reconnect and self.dropped_at is not None:
             downtime = int(now - self.dropped_at)
@@ -515,6 +558,9 @@ class Connection:
             self.hooks.link_lost(now)
         else:
             self.stats.failed_attempts += 1
+        if self.resuming:  # the dial made on coming back failed: an outage starts now
+            self.resuming = False
+            self.dropped_at = now
         if kind == AUTH:
             self.retry_at = None
             self._fire(AUTH_FAILED, now, reason=reason)

@@ -1,7 +1,7 @@
 """The façade the browser adapter and the UI talk to: connection + subscriptions + cache + mutations.
 
 Adapter loop (one per page): call an input method (`start`, `socket_*`, `visibility_changed`,
-`network_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
+`network_changed`, `lifecycle_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
 `commands()` and re-arm a single setTimeout at `get_timer()` (absolute ms, same clock as `now`).
 Commands: ("open", sid, url, protocols), ("send", sid, text), ("close", sid, code, reason),
 ("fetch", rid, method, path, body_or_None, headers) and ("log", record). Inputs for unknown or old
@@ -157,6 +157,13 @@ class Runtime:
         self.connection.network_changed(online, now)
         if online:
             self.cache.refetch_errors(now)
+        self._publish()
+
+    def lifecycle_changed(self, frozen, now):
+        """`freeze`/`pagehide` (frozen) or `resume`/`pageshow` from the back/forward cache (not frozen);
+        see `Connection.lifecycle_changed`."""
+        self._now = now
+        self.connection.lifecycle_changed(frozen, now)
         self._publish()
 
     def retry_now(self, now):

@@ -10,6 +10,7 @@ from .harness import USERS, DashboardServer
 
 UI_TIMEOUT_MS = 10_000
 BOOT_TIMEOUT_MS = 30_000
+STATUSES = ["todo", "in_progress", "review", "done", "blocked"]
 
 
 def open_dashboard(page: Page, base_url: str, query: str = "", timeout_ms: int = BOOT_TIMEOUT_MS) -> None:
@@ -39,6 +40,14 @@ def status(page: Page) -> Locator:
 
 def story(page: Page, story_id) -> Locator:
     return page.locator(f'[data-testid="story"][data-story-id="{story_id}"]')
+
+
+def escalation(page: Page, escalation_id) -> Locator:
+    return page.locator(f'[data-testid="escalation"][data-escalation-id="{escalation_id}"]')
+
+
+def next_status(current: str) -> str:
+    return STATUSES[(STATUSES.index(current) + 1) % len(STATUSES)]
 
 
 def only_localhost(urls: list[str]) -> list[str]:

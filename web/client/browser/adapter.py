@@ -78,10 +78,15 @@ class BrowserAdapter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self):
-        """Listen to visibilitychange (document) and online/offline (window)."""
+        """Listen to visibilitychange (document), online/offline (window) and the page lifecycle:
+        pagehide/pageshow (window), freeze/resume (document)."""
         self._listen(js.document, "visibilitychange", self._on_visibility)
         self._listen(js.window, "online", self._on_online)
         self._listen(js.window, "offline", self._on_offline)
+        self._listen(js.window, "pagehide", self._on_frozen)
+        self._listen(js.document, "freeze", self._on_frozen)
+        self._listen(js.window, "pageshow", self._on_pageshow)
+        self._listen(js.document, "resume", self._on_resumed)
 
     def start(self):
         """Start the runtime with the current visibility and network state, then pump."""
@@ -328,6 +333,28 @@ class BrowserAdapter:
         if self._disposed:
             return
         self.rt.network_changed(False, now_ms())
+        self.pump()
+
+    def _on_frozen(self, event=None):
+        """`pagehide` or `freeze`: the runtime closes its socket (4001) now, while the page can still run."""
+        if self._disposed:
+            return
+        self.rt.lifecycle_changed(True, now_ms())
+        self.pump()
+
+    def _on_pageshow(self, event):
+        if bool(event.persisted):  # restored from the back/forward cache (false on a normal load)
+            self._on_resumed()
+
+    def _on_resumed(self, event=None):
+        """`resume` or `pageshow` from the back/forward cache: network and visibility may have changed
+        meanwhile (their events can come later), so report them first, then wake the runtime."""
+        if self._disposed:
+            return
+        now = now_ms()
+        self.rt.network_changed(bool(js.navigator.onLine), now)
+        self.rt.visibility_changed(text(js.document.visibilityState) != "hidden", now)
+        self.rt.lifecycle_changed(False, now)
         self.pump()
 
 

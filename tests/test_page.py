@@ -81,3 +81,20 @@ def test_edited_module_is_recompiled(tmp_path) -> None:
     module.write_text("X = 2  # edited\nY = 3\n")
     second = compiled.get("client/m.mpy")
     assert first is not None and second is not None and first[0] != second[0] and first[1] != second[1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/vendor/axe-core/axe.min.js",
+        "/node_modules/axe-core/axe.min.js",
+        "/web/../node_modules/axe-core/axe.min.js",
+        "/vendor/pyscript/../../../axe-core/axe.min.js",
+    ],
+)
+def test_test_only_packages_are_never_served(client, path: str) -> None:
+    """axe-core is a devDependency the e2e suite injects itself; only the runtime folders are mounted."""
+    assert (ROOT / "node_modules" / "axe-core" / "axe.min.js").is_file()  # installed, and still not reachable
+    response = client.get(path)
+    assert response.status_code == 404, path
+    assert b"axe" not in response.content[:200]

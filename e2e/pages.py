@@ -64,8 +64,13 @@ def only_localhost(urls: list[str]) -> list[str]:
 
 
 def open_project(page: Page, project_id: str) -> None:
+    """Click the project's card, or on a phone (where the cards give way to a compact picker) pick it."""
     card = page.locator(f'[data-testid="project-card"][data-project-id="{project_id}"]')
-    card.click()
+    card.wait_for(state="attached")
+    if card.is_visible():
+        card.click()
+    else:
+        page.get_by_test_id("project-select").select_option(project_id)
     expect(card).to_have_attribute("aria-pressed", "true")
     expect(page.get_by_test_id("story").first).to_be_visible()
 

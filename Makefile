@@ -18,10 +18,11 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $(NODE_STAMP)
 
-# Debian's Chromium for Playwright (never `playwright install`) and redis-server for the Redis bus tests.
+# Debian's Chromium for Playwright (never `playwright install`), redis-server for the Redis bus tests and PostgreSQL
+# for the store contract (the tests start their own servers on free ports).
 browser:
-	@command -v chromium >/dev/null && command -v redis-server >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server; }
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server postgresql; }
 
 run: setup
 	DASHBOARD_DEMO=$${DASHBOARD_DEMO:-1} DASHBOARD_DEMO_ACTIVITY=$${DASHBOARD_DEMO_ACTIVITY:-1} \

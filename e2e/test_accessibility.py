@@ -123,9 +123,12 @@ def test_the_whole_page_works_with_the_keyboard(page, server, api):
     raised_id = row.get_attribute("data-escalation-id")
     tab_to(page, escalation(page, raised_id).locator('[data-action="resolve-escalation"]'))
     page.keyboard.press("Enter")
-    expect(escalation(page, raised_id)).to_have_attribute("data-status", "resolved")
-    saved = api.client.get("/api/projects/apollo/escalations").json()
-    assert {e["id"]: e["status"] for e in saved}[int(raised_id)] == "resolved"
+    expect(escalation(page, raised_id)).to_have_attribute("data-status", "resolved")  # optimistic at first
+
+    def saved_status() -> str:
+        return {e["id"]: e["status"] for e in api.client.get("/api/projects/apollo/escalations").json()}[int(raised_id)]
+
+    wait_until(lambda: saved_status() == "resolved", 10, message="resolve saved")
 
     # Retry after the server went away and came back
     server.kill()

@@ -42,14 +42,14 @@ SLOW_BACKOFF = pytest.mark.server_env(DASHBOARD_RECONNECT_BASE_MS="4000", DASHBO
 class Away:
     """A signed-in page with a known resume position; `leave` and `come_back` are the test's own."""
 
-    def __init__(self, cdp_browser, server, api):
+    def __init__(self, cdp_browser, server, api, query=""):
         self.server = server
         self.api = api
         self.page = cdp_browser.contexts[0].new_page()
         self.console: list[str] = []
         self.page.on("console", lambda msg: self.console.append(msg.text))
         self.traffic = ApiTraffic(self.page)
-        login_live(self.page, server)
+        login_live(self.page, server, query=query)
         self.projects = alice_projects(api)
         wait_for_subscribed(self.page, self.console, self.projects)
         warmup = sorted(api.stories("apollo"), key=lambda s: s["id"])[-1]
@@ -101,8 +101,9 @@ class Away:
 
 
 @SLOW_BACKOFF
-def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cdp_browser, server, api):
-    away = Away(cdp_browser, server, api)
+@pytest.mark.parametrize("runtime", ["micropython", "pyodide"])
+def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cdp_browser, server, api, runtime):
+    away = Away(cdp_browser, server, api, query="?runtime=pyodide" if runtime == "pyodide" else "")
     page = away.page
     not_cached: list = []
     cdp = page.context.new_cdp_session(page)

@@ -101,9 +101,8 @@ class Away:
 
 
 @SLOW_BACKOFF
-@pytest.mark.parametrize("runtime", ["micropython", "pyodide"])
-def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cdp_browser, server, api, runtime):
-    away = Away(cdp_browser, server, api, query="?runtime=pyodide" if runtime == "pyodide" else "")
+def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cdp_browser, server, api):
+    away = Away(cdp_browser, server, api)
     page = away.page
     not_cached: list = []
     cdp = page.context.new_cdp_session(page)

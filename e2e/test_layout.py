@@ -42,7 +42,7 @@ def test_the_page_fits_the_screen(browser, server, width, height, touch, scheme,
         page = context.new_page()
         login_live(page, server)
         expect(page.get_by_test_id("escalation").first).to_be_visible()
-        page.wait_for_timeout(300)  # let the fonts and the board settle (nothing here waits for an event)
+        page.evaluate("document.fonts.ready.then(() => true)")  # measured with the final fonts
 
         problems = page_scroll_problems(page, width) + header_problems(page) + board_problems(page)
         if touch:

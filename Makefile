@@ -18,10 +18,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $(NODE_STAMP)
 
-# Debian's Chromium for Playwright (never `playwright install`) and redis-server for the Redis bus tests.
+# Debian's Chromium for Playwright (never `playwright install`), redis-server for the Redis bus tests, and
+# prometheus for promtool (rule checks and unit tests of deploy/prometheus; its service is not started).
 browser:
 	@command -v chromium >/dev/null && command -v redis-server >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server; }
+	@command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 run: setup
 	DASHBOARD_DEMO=$${DASHBOARD_DEMO:-1} DASHBOARD_DEMO_ACTIVITY=$${DASHBOARD_DEMO_ACTIVITY:-1} \

@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import api, demo
-from .bytecode import mpy_route
+from .bytecode import mpy_mount
 from .bus import EventBus, from_url
 from .logs import log_event
 from .metrics import Metrics
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
         Route("/metrics", metrics_endpoint),
         *api.routes(),
         WebSocketRoute(settings.ws_path, realtime_endpoint),
-        mpy_route(ROOT / "web" / "client"),
+        mpy_mount(ROOT / "web" / "client"),  # compiled now, at start-up; served as static files
         Mount("/web", app=StaticFiles(directory=ROOT / "web", check_dir=False), name="web"),
     ]
     for name, directory in VENDOR.items():

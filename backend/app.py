@@ -21,23 +21,13 @@ from .bytecode import mpy_mount
 from .bus import EventBus, from_url
 from .logs import log_event
 from .metrics import Metrics
+from .page_policy import PagePolicy
 from .realtime.endpoint import realtime_endpoint
 from .realtime.hub import Hub
 from .settings import Settings
 from .storage import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-# The page may talk to its own origin only (REST and WebSocket); PyScript needs eval and WebAssembly compilation.
-PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:; "
-        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 NODE_MODULES = ROOT / "node_modules"
 VENDOR = {
     "pyscript": NODE_MODULES / "@pyscript" / "core" / "dist",
@@ -83,8 +73,10 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
                 store.close()
             log_event("server.stop")
 
+    page_policy = PagePolicy(ROOT / "index.html")  # CSP hashes of the page's inline scripts, computed at start-up
+
     async def index(request: Request) -> Response:
-        return FileResponse(ROOT / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(ROOT / "index.html", headers=page_policy.headers(request.query_params.get("runtime")))
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings.client_config())

@@ -31,6 +31,39 @@ def test_index_carries_a_same_origin_content_security_policy(client) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+def directives(response) -> dict[str, list[str]]:
+    policy = response.headers["content-security-policy"]
+    return {name: values for name, *values in (part.split() for part in policy.split(";"))}
+
+
+def test_the_page_allows_no_inline_code_or_eval_it_does_not_know(client) -> None:
+    policy = directives(client.get("/"))
+    for directive in ("script-src", "style-src", "default-src"):
+        assert "'unsafe-inline'" not in policy[directive] and "'unsafe-eval'" not in policy[directive], directive
+    assert "'wasm-unsafe-eval'" in policy["script-src"]  # MicroPython compiles its WebAssembly
+    from backend.page_policy import inline_script_hashes
+
+    hashes = inline_script_hashes((ROOT / "index.html").read_text())
+    assert hashes and all(h in policy["script-src"] for h in hashes)
+
+
+def test_only_the_pyodide_page_may_evaluate_strings(client) -> None:
+    policy = directives(client.get("/?runtime=pyodide"))
+    assert "'unsafe-eval'" in policy["script-src"] and "'unsafe-inline'" not in policy["script-src"]
+    assert "'unsafe-eval'" not in directives(client.get("/?runtime=other"))["script-src"]
+
+
+def test_inline_script_hashes_match_the_bytes_between_the_tags() -> None:
+    import base64
+    import hashlib
+
+    from backend.page_policy import inline_script_hashes
+
+    html = '<head><script src="/x.js"></script><script>\n  let a = "</p>";\n</script></head><script>b()</script>'
+    expected = [base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() for s in ('\n  let a = "</p>";\n', "b()")]
+    assert inline_script_hashes(html) == [f"'sha256-{h}'" for h in expected]
+
+
 @pytest.mark.parametrize(
     ("path", "media"),
     [

@@ -20,10 +20,10 @@ def seconds(ms):
 
 
 def whole_seconds(ms):
-    """`60 s` for 60000 ms; falls back to one decimal below 10 s."""
+    """`60 s` for 60000 ms, `5 s` for 5000; one decimal for what is neither whole nor long (`2.5 s`)."""
     if ms is None:
         return "? s"
-    if ms >= 10000:
+    if ms >= 10000 or ms % 1000 == 0:
         return str(int(ms / 1000 + 0.5)) + " s"
     return seconds(ms)
 

@@ -28,11 +28,12 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $(NODE_STAMP)
 
-# Debian's Chromium for Playwright (never `playwright install`), redis-server for the Redis bus tests, and
-# prometheus for promtool (rule checks and unit tests of deploy/prometheus; its service is not started).
+# Debian's Chromium for Playwright (never `playwright install`), redis-server for the Redis bus tests, PostgreSQL
+# for the store contract (the tests start their own servers on free ports), and prometheus for promtool (rule checks
+# and unit tests of deploy/prometheus; its service is not started).
 browser:
-	@command -v chromium >/dev/null && command -v redis-server >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server; }
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server postgresql; }
 	@command -v promtool >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 

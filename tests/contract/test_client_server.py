@@ -326,8 +326,8 @@ async def test_restart_with_in_process_bus_is_unrecovered_and_refetches_that_pro
 async def test_expired_token_means_auth_required_and_no_more_dials(tmp_path: Path) -> None:
     settings = settings_for_tests()
     expired = issue_token(settings, "alice", ttl_s=-30)[0]
-    short = issue_token(settings, "alice", ttl_s=2)[0]  # valid for 1-2 s from now
     with ContractServer(settings, tmp_path / "db.sqlite") as server:
+        short = issue_token(settings, "alice", ttl_s=2)[0]  # valid for 1-2 s from now (issued once the server is up)
         async with (running(server, expired, server_errors=True) as refused,
                     running(server, short, server_errors=True) as expiring):
             await until_live(expiring)

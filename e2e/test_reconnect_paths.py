@@ -21,7 +21,7 @@ def link(server):
     shaped.stop()
 
 
-@pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="4")
+@pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="4", DASHBOARD_REFRESH_TTL_S="1")  # the refresh cookie is gone first
 def test_really_expired_token_asks_for_sign_in_without_a_reconnect_loop(page, server, ws_log):
     sockets = []
     page.on("websocket", lambda ws: sockets.append(ws.url))

@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 
 from .harness import CHROMIUM, CHROMIUM_ARGS, Api, DashboardServer
 from .pages import UI_TIMEOUT_MS
+from .wslog import WsLog
 
 
 def pytest_configure(config):
@@ -65,3 +66,9 @@ def console_lines(page):
     lines: list[str] = []
     page.on("console", lambda msg: lines.append(msg.text))
     return lines
+
+
+@pytest.fixture
+def ws_log(page):
+    """The page's `[WebSocket]` console lines and their structured records (e2e/wslog.py)."""
+    return WsLog(page)

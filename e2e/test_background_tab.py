@@ -60,7 +60,7 @@ def test_hidden_then_frozen_tab_comes_back_live_with_fresh_data(cdp_browser, ser
     browser_cdp = cdp_browser.new_browser_cdp_session()
     other = browser_cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     page.wait_for_function("document.visibilityState === 'hidden'", polling=100)
-    wait_for_line(page, console, "[WebSocket] hidden ")
+    wait_for_line(page, console, "[WebSocket] Tab hidden")
 
     # then freeze it (what Chromium does to background tabs): no timers, no frames
     page_cdp = context.new_cdp_session(page)
@@ -77,4 +77,4 @@ def test_hidden_then_frozen_tab_comes_back_live_with_fresh_data(cdp_browser, ser
     page.wait_for_function("document.visibilityState === 'visible'", polling=100)
     expect(status(page)).to_have_attribute("data-state", "live", timeout=15_000)
     expect(story(page, target["id"])).to_have_attribute("data-status", to)
-    wait_for_line(page, console, "[WebSocket] visible ")
+    wait_for_line(page, console, "[WebSocket] Tab visible")

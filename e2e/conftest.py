@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 
 from .harness import CHROMIUM, CHROMIUM_ARGS, Api, DashboardServer, end_process, free_port, wait_until
 from .pages import UI_TIMEOUT_MS
+from .wslog import WsLog
 
 
 def pytest_configure(config):
@@ -105,3 +106,9 @@ def cdp_browser(playwright, tmp_path):
         browser.close()
     finally:
         end_process(proc)
+
+
+@pytest.fixture
+def ws_log(page):
+    """The page's `[WebSocket]` console lines and their structured records (e2e/wslog.py)."""
+    return WsLog(page)

@@ -1,9 +1,8 @@
-"""What the page did, read from outside: its REST requests, its `[WebSocket]` console records, its event
-log, and the server's Prometheus counters. Shared by the resume, lifecycle and background-tab tests."""
+"""What the page did, read from outside: its REST requests, its `subscribed` records (through `WsLog`), its
+event log, and the server's Prometheus counters. Shared by the resume and page-lifecycle tests."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from urllib.parse import urlsplit
@@ -12,6 +11,7 @@ import httpx
 from playwright.sync_api import Page
 
 from .pages import UI_TIMEOUT_MS, events
+from .wslog import WsLog
 
 EVENTS_PER_CHANGE = 2  # the change itself, then `project.updated` (backend/changes.py)
 QUIET_MS = 1000  # > 3 x the client's 250 ms invalidation window: no refetch can still be on its way
@@ -64,17 +64,11 @@ class ApiTraffic:
         raise AssertionError(f"the page's REST traffic did not settle: {self.started[-10:]}, {len(self.in_flight)} in flight")
 
 
-def ws_records(lines: list[str], event: str, start: int = 0) -> list[dict]:
-    """Parsed `[WebSocket] <event> {...}` console records, from line index `start` on."""
-    prefix = "[WebSocket] " + event + " "
-    return [json.loads(line[len(prefix) :]) for line in lines[start:] if line.startswith(prefix)]
-
-
-def wait_for_subscribed(page: Page, lines: list[str], project_ids, start: int = 0, timeout_ms: int = UI_TIMEOUT_MS) -> dict:
-    """Wait for one `subscribed` record per project (logged from console line `start` on); {project: record}."""
+def wait_for_subscribed(page: Page, log: WsLog, project_ids, start: int = 0, timeout_ms: int = UI_TIMEOUT_MS) -> dict:
+    """Wait for one `subscribed` record per project (logged from console message `start` on); {project: record}."""
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
-        found = {r["projectId"]: r for r in ws_records(lines, "subscribed", start)}
+        found = {r["projectId"]: r for r in log.records("subscribed", start)}
         if all(pid in found for pid in project_ids):
             return found
         if time.monotonic() >= deadline:

@@ -5,7 +5,8 @@ no story card narrower than 220 px; column headers never clipped; titles broken 
 board scrolls sideways in its own box (snapping) when five columns do not fit, and at desktop widths all
 five fit; on touch screens every control is at least 44 x 44 px; on a phone the projects are a compact
 picker and the board starts on the first screen. Each size runs in the light or dark scheme (alternating)
-and with or without reduced motion, and axe-core finds nothing serious in that state.
+and with or without reduced motion, and axe-core finds nothing serious in that state. The connection
+details panel, opened from the badge, fits the screen below the header.
 """
 
 from __future__ import annotations
@@ -70,5 +71,18 @@ def test_the_page_fits_the_screen(browser, server, width, height, touch, scheme,
 
         violations = serious_violations(page)
         assert violations == [], "\n".join(violations)
+
+        # the connection details panel, opened from the badge, fits the screen too and covers no header part
+        status(page).click()
+        panel = page.get_by_test_id("connection-details")
+        expect(panel).to_be_visible()
+        box, header = panel.bounding_box(), page.locator("header.topbar").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, box
+        assert box["y"] >= header["y"] + header["height"], (box, header)
+        if touch:
+            problems = touch_problems(page)
+            assert problems == [], "\n".join(problems)
+        page.keyboard.press("Escape")
+        expect(panel).to_be_hidden()
     finally:
         context.close()

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .harness import wait_until
-from .pages import escalation, login_live, next_status, status, story, wait_for_line
+from .pages import escalation, login_live, next_status, status, story
 from .records import (
     EVENTS_PER_CHANGE,
     ApiTraffic,
@@ -30,8 +30,8 @@ from .records import (
     ms_from_return_to_live,
     trace_lifecycle,
     wait_for_subscribed,
-    ws_records,
 )
+from .wslog import WsLog
 
 GOING_AWAY = "4001"  # what the page closes with (WebSocket.close() refuses RFC 6455's 1001)
 # A long first backoff: a page that only noticed its dead socket on return would need >= 250 ms and
@@ -46,12 +46,11 @@ class Away:
         self.server = server
         self.api = api
         self.page = cdp_browser.contexts[0].new_page()
-        self.console: list[str] = []
-        self.page.on("console", lambda msg: self.console.append(msg.text))
+        self.log = WsLog(self.page)
         self.traffic = ApiTraffic(self.page)
         login_live(self.page, server, query=query)
         self.projects = alice_projects(api)
-        wait_for_subscribed(self.page, self.console, self.projects)
+        wait_for_subscribed(self.page, self.log, self.projects)
         warmup = sorted(api.stories("apollo"), key=lambda s: s["id"])[-1]
         api.move_story(warmup["id"], next_status(warmup["status"]))  # the resume position is past 0
         expect(self.page.get_by_test_id("event-item")).to_have_count(EVENTS_PER_CHANGE)
@@ -73,7 +72,7 @@ class Away:
             self.api.move_story(item["id"], self.moved[item["id"]])
         self.raised = self.api.create_escalation("apollo", "Raised while the page was away")
         self.missed = EVENTS_PER_CHANGE * (len(self.moved) + 1)
-        self.mark_req, self.mark_log = self.traffic.mark(), len(self.console)
+        self.mark_req, self.mark_log = self.traffic.mark(), len(self.log)
 
     def back_live_with_the_missed_events(self) -> None:
         page = self.page
@@ -81,14 +80,14 @@ class Away:
         assert page.evaluate("window.lifecycleMarker") == "kept", "the page was reloaded, not restored"
         to_live = ms_from_return_to_live(page)
         assert to_live is not None and to_live <= 1000, page.evaluate("window.lifecycleTrace")
-        (resumed,) = ws_records(self.console, "resume", self.mark_log)
-        assert resumed["attempt"] == 0 and resumed["delayMs"] is None, resumed
-        assert not ws_records(self.console, "fail", self.mark_log)  # no failed socket, no backoff
+        (resumed,) = self.log.records("resume", self.mark_log)
+        assert resumed["attempt"] == 0 and resumed.get("delayMs") is None, resumed
+        assert not self.log.records("fail", self.mark_log)  # no failed socket, no backoff
 
         for story_id, to in self.moved.items():
             expect(story(page, story_id)).to_have_attribute("data-status", to)
         expect(escalation(page, self.raised["id"])).to_have_attribute("data-status", "open")
-        again = wait_for_subscribed(page, self.console, self.projects, start=self.mark_log)
+        again = wait_for_subscribed(page, self.log, self.projects, start=self.mark_log)
         assert again["apollo"]["recovered"] is True, again["apollo"]
         assert (again["apollo"]["replayed"], again["apollo"]["seq"]) == (self.missed, self.position + self.missed)
         expect(page.get_by_test_id("event-item")).to_have_count(len(self.logged_before) + self.missed)
@@ -125,7 +124,7 @@ def test_hidden_then_frozen_tab_frees_its_socket_and_resumes_at_once(cdp_browser
     browser_cdp = cdp_browser.new_browser_cdp_session()
     other = browser_cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     page.wait_for_function("document.visibilityState === 'hidden'", polling=100)
-    wait_for_line(page, away.console, "[WebSocket] hidden ")
+    away.log.wait_for("hidden")
 
     # then freeze it, as Chromium does to background tabs: no timers, no frames
     page_cdp = page.context.new_cdp_session(page)
@@ -141,5 +140,5 @@ def test_hidden_then_frozen_tab_frees_its_socket_and_resumes_at_once(cdp_browser
     browser_cdp.send("Target.closeTarget", {"targetId": other})
     page.bring_to_front()
     page.wait_for_function("document.visibilityState === 'visible'", polling=100)
-    wait_for_line(page, away.console, "[WebSocket] visible ")
+    away.log.wait_for("visible", start=away.mark_log)
     expect(status(page)).to_have_attribute("data-state", "live")

@@ -19,18 +19,18 @@ import pytest
 from playwright.sync_api import Route, expect
 
 from .pages import escalation, events, login_live, next_status, status, story
-from .records import EVENTS_PER_CHANGE, PROJECTS, ApiTraffic, alice_projects, logged_events, wait_for_subscribed, ws_records
+from .records import EVENTS_PER_CHANGE, PROJECTS, ApiTraffic, alice_projects, logged_events, wait_for_subscribed
 
 STORIES = "/api/projects/apollo/stories"
 ESCALATIONS = "/api/projects/apollo/escalations"
 
 
-def test_offline_gap_is_replayed_not_refetched(page, context, server, api, console_lines):
+def test_offline_gap_is_replayed_not_refetched(page, context, server, api, ws_log):
     traffic = ApiTraffic(page)
     login_live(page, server)
     projects = alice_projects(api)
     assert "apollo" in projects and len(projects) >= 2
-    wait_for_subscribed(page, console_lines, projects)
+    wait_for_subscribed(page, ws_log, projects)
     warmup = sorted(api.stories("apollo"), key=lambda s: s["id"])[-1]
     api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is past 0
     expect(events(page)).to_have_count(EVENTS_PER_CHANGE)
@@ -64,7 +64,7 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
                 route.continue_()
 
         page.route("**/api/**", hold)
-        mark_req, mark_log = traffic.mark(), len(console_lines)
+        mark_req, mark_log = traffic.mark(), len(ws_log)
     finally:
         context.set_offline(False)
     expect(status(page)).to_have_attribute("data-state", "live", timeout=5000)
@@ -77,12 +77,12 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
     assert len(traffic.in_flight) == len(traffic.started) - mark_req  # no REST answer since reconnecting
 
     # the server replayed the gap: one `subscribed` per project, with `since`, recovered
-    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    again = wait_for_subscribed(page, ws_log, projects, start=mark_log)
     assert again["apollo"]["recovered"] is True, again["apollo"]
     assert (again["apollo"]["replayed"], again["apollo"]["seq"]) == (missed, position + missed), again["apollo"]
     for pid in projects:
         assert again[pid]["recovered"] is True, again[pid]
-    assert not ws_records(console_lines, "gap", mark_log) and not ws_records(console_lines, "epoch", mark_log)
+    assert not ws_log.records("gap", mark_log) and not ws_log.records("epoch", mark_log)
 
     # the event log gained exactly the missed events, in order, each once
     gained = logged_events(page)[len(logged_before) :]
@@ -112,14 +112,14 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
 
 
 @pytest.mark.server_env(DASHBOARD_SUSPENDED_RETRY_MS="600000")
-def test_server_restart_is_not_recovered_and_refetches(page, server, api, console_lines):
+def test_server_restart_is_not_recovered_and_refetches(page, server, api, ws_log):
     # With 3 fast attempts the page is `suspended` within seconds of the kill and, with a 10-minute
     # suspended retry, dials again only when Retry is pressed: the changes below are all made on the
     # restarted server before the page reconnects, with no race.
     traffic = ApiTraffic(page)
     login_live(page, server)
     projects = alice_projects(api)
-    wait_for_subscribed(page, console_lines, projects)
+    wait_for_subscribed(page, ws_log, projects)
     stories = sorted(api.stories("apollo"), key=lambda s: s["id"])
     warmup = stories[-1]
     api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is now past 0
@@ -140,11 +140,11 @@ def test_server_restart_is_not_recovered_and_refetches(page, server, api, consol
     head = EVENTS_PER_CHANGE * (len(moved) + 1)  # the new bus numbers apollo's events from 1 again
     expect(status(page)).to_have_attribute("data-state", "suspended")  # still away: no dial without Retry
 
-    mark_req, mark_log = traffic.mark(), len(console_lines)
+    mark_req, mark_log = traffic.mark(), len(ws_log)
     page.get_by_test_id("retry-button").click()
     expect(status(page)).to_have_attribute("data-state", "live")
 
-    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    again = wait_for_subscribed(page, ws_log, projects, start=mark_log)
     for pid in projects:
         assert again[pid]["recovered"] is False and again[pid]["replayed"] == 0, again[pid]
     assert again["apollo"]["seq"] == head, (again["apollo"], old_position)

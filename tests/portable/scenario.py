@@ -7,6 +7,7 @@ trace line; `main()` prints them. test_portable.py runs it under both and compar
 
 import json
 
+from client import logtext
 from client.runtime import Runtime
 
 CONFIG = {
@@ -102,6 +103,8 @@ class Scenario:
             elif kind == "log":
                 rec = cmd[1]
                 self.emit("  log " + canon(rec))
+                level, text = logtext.line(rec)
+                self.emit("  console." + level + " " + canon(text) + " " + canon(logtext.fields(rec)))
             else:
                 self.emit("  " + canon(list(cmd)))
         self.emit("  timer " + canon(self.rt.get_timer()))
@@ -173,6 +176,9 @@ def run(emit):
     s.reply("/apollo/stories", 200, [story(1, "todo", 10), story(2, "todo", 11)])
     s.reply("/api/projects/apollo", 200, {"id": "apollo", "name": "Apollo", "counts": {"todo": 2, "done": 0, "openEscalations": 0}, "updatedAt": 5})
     s.server({"type": "ping"})
+    s.advance(40)
+    s.server({"type": "pong"})  # our own ping's answer: the round trip
+    emit("  link " + canon([rt.connection.client_id, rt.connection.rtt_ms]))
     s.event(4, "review", 20)
     s.event(4, "review", 20)  # duplicate
     s.event(7, "done", 30, sid=2)  # gap

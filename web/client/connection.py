@@ -93,6 +93,8 @@ CLOSE_OFFLINE = 4103
 # `WebSocket.close()` refuses 1001 (InvalidAccessError), so the page sends its mirror in the private range.
 CLOSE_GOING_AWAY = 4001
 
+MAX_PINGS_IN_FLIGHT = 4  # our own pings awaiting their pong; past that the link is not answering anyway
+
 
 def close_policy(code):
     """AUTH, RESTART, LONG or BACKOFF for a close code received from the server."""
@@ -166,7 +168,8 @@ class Connection:
         "config", "token_provider", "url", "wall_clock", "backoff", "out", "hooks", "state", "sid", "opened",
         "attempt", "retry_at", "deferred", "connect_deadline", "probe_deadline", "stable_at", "last_message_at",
         "watch_base", "heartbeat_ms", "restart_window", "hidden", "online", "close_code", "close_reason",
-        "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay", "resuming",
+        "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay",
+        "client_id", "rtt_ms", "pings_sent", "resuming",
     )
 
     def __init__(self, config, token_provider, url, out, hooks=None, rand=None, wall_clock=None):
@@ -201,13 +204,16 @@ class Connection:
         self.stats = Stats()
         self._next_sid = 0
         self.last_delay = None
+        self.client_id = None  # the server's id for the current (or last) live socket
+        self.rtt_ms = None  # round trip of our latest ping (one per server heartbeat), None until measured
+        self.pings_sent = []  # send times of our pings awaiting their pong, oldest first
         self.resuming = False  # the current dial is the one made when the page came back
 
     # ------------------------------------------------------------------ table
     def allows(self, event):
         return event in TRANSITIONS[self.state]
 
-    def _fire(self, event, now, delay=None, reason=None):
+    def _fire(self, event, now, delay=None, reason=None, **extra):
         target = TRANSITIONS[self.state].get(event)
         if target is None:
             raise TransitionError("event " + event + " not allowed in state " + self.state)
@@ -215,7 +221,7 @@ class Connection:
         self.state = target
         if target == LIVE or previous == LIVE:
             self.last_live_at = now  # last moment the data was known to be live
-        self.log_event(event, now, delay=delay, reason=reason, previous=previous)
+        self.log_event(event, now, delay=delay, reason=reason, previous=previous, **extra)
         self.hooks.link_status(now)
 
     def log_event(self, event, now, delay=None, reason=None, previous=None, **extra):
@@ -287,9 +293,12 @@ class Connection:
         if kind == "ping":
             self.out.append(("send", self.sid, wire.pong()))
             if self.state == LIVE:
+                self._ping(now, False)  # one of ours per heartbeat: its pong measures the round trip
                 self.hooks.link_message(now, msg)  # the heartbeat paces retried subscribes
             return
         if kind == "pong":
+            if self.pings_sent:
+                self.rtt_ms = now - self.pings_sent.pop(0)
             return
         if kind == "restart":
             window = msg.get("reconnectWithinMs")
@@ -314,6 +323,7 @@ class Connection:
             return
         self.sid = None
         self.opened = False
+        self.log_event("closed", now, reason=reason or None, closeCode=code)
         kind = close_policy(code)
         if self.restart_window is not None and kind != AUTH:
             kind = RESTART
@@ -331,7 +341,7 @@ class Connection:
         if self.state in (WAITING, SUSPENDED):
             self._dial(now, DIAL)
         elif self.state == LIVE and self.probe_deadline is None and now - self.last_message_at > self.heartbeat_ms:
-            self.out.append(("send", self.sid, wire.ping()))
+            self._ping(now, True)
             self.probe_deadline = now + self.config.probe_timeout_ms
             self.log_event("probe", now, delay=self.config.probe_timeout_ms)
 
@@ -501,6 +511,7 @@ class Connection:
         self.sid = "s" + str(self._next_sid)
         self.opened = False
         self.connect_deadline = now + self.config.connect_timeout_ms
+        self.pings_sent = []
         self.restart_window = None
         self.last_delay = None
         self._fire(event, now)
@@ -530,9 +541,21 @@ class Connection:
             if downtime > self.stats.max_reconnect_ms:
                 self.stats.max_reconnect_ms = downtime
         self.ever_live = True
+        client_id = msg.get("clientId")
+        self.client_id = client_id if isinstance(client_id, str) else None
         info = {"reconnect": reconnect, "attempts": self.attempt, "downtimeMs": downtime}
-        self._fire(CONNECTED, now)
+        self._fire(CONNECTED, now, downtimeMs=downtime)
         self.hooks.link_connected(now, msg, info)
+
+    def _ping(self, now, always):
+        """Send our own ping and note when; the matching pong sets `rtt_ms`. Unless `always` (the visibility
+        probe), no new ping while MAX_PINGS_IN_FLIGHT are unanswered."""
+        if len(self.pings_sent) >= MAX_PINGS_IN_FLIGHT:
+            if not always:
+                return
+        else:
+            self.pings_sent.append(now)
+        self.out.append(("send", self.sid, wire.ping()))
 
     def _close_socket(self, code, reason):
         if self.sid is not None:
@@ -569,17 +592,18 @@ class Connection:
             self.retry_at = None
             self._fire(GO_OFFLINE, now, reason=reason)
             return
+        tries = self.config.reconnect_max_attempts
         if not self.config.reconnect:  # no timed retries: wait for Retry, `online` or the tab becoming visible
             self.retry_at = None
             self.last_delay = None
-            self._fire(EXHAUSTED, now, reason=reason)
+            self._fire(EXHAUSTED, now, reason=reason, maxAttempts=tries)
             return
         self.attempt += 1
-        if self.attempt > self.config.reconnect_max_attempts:
+        if self.attempt > tries:
             delay = self.backoff.around(self.config.suspended_retry_ms)
             self.retry_at = now + delay
             self.last_delay = delay
-            self._fire(EXHAUSTED, now, delay=delay, reason=reason)
+            self._fire(EXHAUSTED, now, delay=delay, reason=reason, maxAttempts=tries, retryEveryMs=self.config.suspended_retry_ms)
             return
         if kind == RESTART:
             window = self.restart_window if self.restart_window is not None else self.config.restart_window_ms
@@ -593,7 +617,7 @@ class Connection:
         self.restart_window = None
         self.retry_at = now + delay
         self.last_delay = delay
-        self._fire(FAIL, now, delay=delay, reason=reason)
+        self._fire(FAIL, now, delay=delay, reason=reason, maxAttempts=tries)
         if delay == 0 and not self.hidden:
             self._dial(now, DIAL)
 

@@ -102,7 +102,7 @@ class Runtime:
         self._mid_prefix = None
         self._next_mid = 0
         self._published = None
-        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0}
+        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0, "events": 0}
 
     # ------------------------------------------------------------------ adapter side
     def commands(self):
@@ -208,6 +208,8 @@ class Runtime:
         for key in self._counters:
             out[key] = self._counters[key]
         out["refetches"] = self.cache.refetches
+        out["rttMs"] = self.connection.rtt_ms  # our ping's round trip, refreshed every heartbeat
+        out["clientId"] = self.connection.client_id
         return out
 
     def on_status(self, listener):
@@ -355,6 +357,7 @@ class Runtime:
         if verdict == subscriptions.DUPLICATE:
             self._counters["duplicates"] += 1
             return
+        self._counters["events"] += 1  # accepted (not a duplicate)
         project_id = msg["projectId"]
         event_type = msg.get("eventType")
         if not isinstance(event_type, str):

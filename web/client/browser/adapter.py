@@ -15,12 +15,14 @@ Timers use the global `js.setTimeout`/`js.clearTimeout`: under MicroPython 1.27 
 import asyncio
 import json
 
+from client import logtext
+
 from . import prefetch
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js
 
 LOG_PREFIX = "[WebSocket]"
 FETCH_TIMEOUT_MS = 15000
-LOG_METHODS = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn", "error": "error"}
+LOG_METHODS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
 SECRET_KEYS = ("token", "authorization", "protocols", "jwt")
 
 
@@ -295,22 +297,24 @@ class BrowserAdapter:
     # -- logs and signals ------------------------------------------------------------------
 
     def _log(self, record):
+        """One readable `[WebSocket] …` line (client/logtext.py) with the record's fields as an object after it."""
         try:
             record = _redact(record)
-            level = str(record.get("level", "info")).lower()
-            message = record.get("event") or record.get("msg") or record.get("message") or ""
-            line = "%s %s %s" % (LOG_PREFIX, message, json.dumps(record))
+            level, line = logtext.line(record)
+            details = to_js(logtext.fields(record))
         except Exception:
-            level, line = "info", "%s %s" % (LOG_PREFIX, record)
+            level, line, details = "info", "%s %s" % (LOG_PREFIX, record), None
         method = LOG_METHODS.get(level, "log")
-        if method == "warn":
-            js.console.warn(line)
-        elif method == "error":
-            js.console.error(line)
-        elif method == "debug":
-            js.console.debug(line)
-        else:
+        if details is None:
             js.console.log(line)
+        elif method == "warn":
+            js.console.warn(line, details)
+        elif method == "error":
+            js.console.error(line, details)
+        elif method == "debug":
+            js.console.debug(line, details)
+        else:
+            js.console.info(line, details)
 
     def _listen(self, target, name, fn):
         handler = proxy(fn)

@@ -13,6 +13,7 @@ from client.runtime import Runtime
 
 from . import prefetch, storage
 from .adapter import BrowserAdapter, socket_url
+from .details import DetailsPanel
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
@@ -85,10 +86,12 @@ class DashboardApp:
         self._intent = None
         self._signed_out = False
         self.tz = timezone_offset_min()
+        self.details = DetailsPanel()
 
     async def boot(self):
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
+        self.details.attach()
         try:
             early = await prefetch.take("/api/config")
             if early is None:
@@ -180,6 +183,7 @@ class DashboardApp:
         fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
+        self.details.render(session.rt if session is not None else None)
         if session is not None and status.get("state") == "auth-required" and not self._signed_out:
             self._signed_out = True
             storage.forget_token()

@@ -12,12 +12,11 @@ existence never leaks; a story or escalation of such a project answers 404, the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,15 +28,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import changes
-from .auth import AuthError, bearer_token, issue_token, verify_token
+from .auth import AuthError, bearer_token, verify_password, verify_token
+from .limits import LoginGate, LoginLimiter
 from .logs import log_event
-from .storage import STORY_STATUSES, NotFound, Store
+from .store import MAX_ID, STORY_STATUSES, IntegrityError, NotFound, Store, Unavailable
+from .store.store import _dummy_hash
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_USERNAME_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
 PASSWORD_CHECKS_AT_ONCE = 2  # each scrypt check takes ~16 MiB and a core for ~30 ms
-MAX_SQLITE_INT = 2**63 - 1
+MAX_ID_DIGITS = 19  # 2**63 - 1 has 19 digits: longer path ids are unknown without parsing them
 MUTATION_ID_HEADER = "x-client-mutation-id"
 MUTATION_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -69,63 +70,18 @@ def _count(request: Request, route: str, status: int) -> None:
 # -- login attempt limit ----------------------------------------------------------------------------
 
 
-class LoginLimiter:
-    """Sliding-window limit on failed logins, per client address and per (address, username).
-
-    Call `retry_after(ip, username)` before checking a password (0 means go ahead), then `failed()` or
-    `succeeded()`. The app keeps one in `app.state.login_limiter`; tests may put a smaller one there.
-    """
-
-    def __init__(
-        self, *, per_user: int = 5, per_ip: int = 20, window_s: float = 300.0,
-        clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000,
-    ) -> None:
-        self.per_user = per_user
-        self.per_ip = per_ip
-        self.window_s = window_s
-        self._clock = clock
-        self._max_keys = max_keys
-        self._failures: dict[tuple[str, ...], deque[float]] = {}
-
-    def _recent(self, key: tuple[str, ...], now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
-
-    def retry_after(self, ip: str, username: str) -> float:
-        """Seconds until another attempt is allowed; 0 when it is allowed now."""
-        now = self._clock()
-        wait = 0.0
-        for key, limit in ((("ip", ip), self.per_ip), (("user", ip, username), self.per_user)):
-            times = self._recent(key, now)
-            if len(times) >= limit:
-                wait = max(wait, times[len(times) - limit] + self.window_s - now)
-        return wait
-
-    def failed(self, ip: str, username: str) -> None:
-        now = self._clock()
-        if len(self._failures) >= self._max_keys:
-            for key in list(self._failures):
-                self._recent(key, now)
-            while len(self._failures) >= self._max_keys:  # still full: forget the oldest keys
-                del self._failures[next(iter(self._failures))]
-        for key in (("ip", ip), ("user", ip, username)):
-            self._failures.setdefault(key, deque()).append(now)
-
-    def succeeded(self, ip: str, username: str) -> None:
-        self._failures.pop(("user", ip, username), None)
-
-
-def _login_limiter(request: Request) -> LoginLimiter:
-    limiter: LoginLimiter | None = getattr(request.app.state, "login_limiter", None)
+def _login_limiter(request: Request) -> Any:
+    limiter = getattr(request.app.state, "login_limiter", None)
     if limiter is None:
         limiter = request.app.state.login_limiter = LoginLimiter()
     return limiter
+
+
+def _login_gate(request: Request) -> LoginGate:
+    gate: LoginGate | None = getattr(request.app.state, "login_gate", None)
+    if gate is None:
+        gate = request.app.state.login_gate = LoginGate()
+    return gate
 
 
 def _password_limiter(request: Request) -> CapacityLimiter:
@@ -140,6 +96,14 @@ def _password_limiter(request: Request) -> CapacityLimiter:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared `application/json`: a cross-site form cannot send that without a preflight,
+    so sign-in and refresh cannot be driven from another site."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -178,39 +142,57 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _user_id(request: Request, route: str) -> str:
-    """The caller's user id from a valid bearer token of a known user; 401 otherwise."""
+UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="dashboard"'}
+
+
+async def _claims(request: Request, route: str) -> dict[str, Any]:
+    """The verified claims of the bearer token of a known user in a live session; 401 otherwise."""
     token = bearer_token(request.headers.get("authorization"))
     try:
         claims = verify_token(request.app.state.settings, token)
     except AuthError as exc:
         log_event("http.auth_failed", logging.INFO, route=route, reason=str(exc), ip=_client_ip(request))
-        raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": 'Bearer realm="dashboard"'}) from None
+        raise ApiError(401, "unauthorized", str(exc), UNAUTHORIZED) from None
+    checker = getattr(request.app.state, "token_checker", None)
+    reason = await checker(claims) if checker is not None else None
+    if reason is not None:
+        log_event("http.auth_failed", logging.INFO, route=route, reason=reason, ip=_client_ip(request))
+        raise ApiError(401, "unauthorized", reason, UNAUTHORIZED)
+    return claims
+
+
+async def _user_id(request: Request, route: str) -> str:
+    """The caller's user id from a valid bearer token of a known user; 401 otherwise."""
+    claims = await _claims(request, route)
     user_id = str(claims["sub"])
-    if not _store(request).has_user(user_id):
-        raise ApiError(401, "unauthorized", "unknown user", {"WWW-Authenticate": 'Bearer realm="dashboard"'})
+    if not await _store(request).has_user(user_id):
+        raise ApiError(401, "unauthorized", "unknown user", UNAUTHORIZED)
     return user_id
 
 
-def _visible(store: Any, user_id: str, row: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+async def _visible(store: Store, user_id: str, row: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     """`row` (a story or an escalation) if it exists in one of the caller's projects; 404 otherwise, so ids in
     other projects are indistinguishable from missing ones."""
-    if row is None or not store.is_member(user_id, row["projectId"]):
+    if row is None or not await store.is_member(user_id, row["projectId"]):
         raise ApiError(404, "not_found", f"no such {kind}")
     return row
 
 
-def _member_project(request: Request, user_id: str) -> str:
+async def _member_project(request: Request, user_id: str) -> str:
     """The `project_id` path parameter if the caller is a member; 403 otherwise (unknown projects too)."""
     project_id = request.path_params["project_id"]
-    if not _store(request).is_member(user_id, project_id):
+    if not await _store(request).is_member(user_id, project_id):
         raise ApiError(403, "forbidden", "not a member of this project (or no such project)")
     return str(project_id)
 
 
-def _int_param(request: Request, name: str, what: str) -> int:
-    value = request.path_params[name]
-    if not isinstance(value, int) or value > MAX_SQLITE_INT:
+def _id_param(request: Request, name: str, what: str) -> int:
+    """A positive integer path id; 404 for anything else (never parses more than 19 digits)."""
+    raw = request.path_params[name]
+    if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
+        raise ApiError(404, "not_found", f"no such {what}")
+    value = int(raw)
+    if not 0 < value <= MAX_ID:
         raise ApiError(404, "not_found", f"no such {what}")
     return value
 
@@ -219,14 +201,37 @@ def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _state(request: Request) -> tuple[Store, Any, Any]:
-    return _store(request), request.app.state.bus, request.app.state.metrics
+def _relay(request: Request) -> Any:
+    return getattr(request.app.state, "relay", None)
+
+
+def _mutation(request: Request, user_id: str, body: Any) -> changes.Mutation | None:
+    """The idempotency identity of a change request: its `X-Client-Mutation-Id` and a hash of what it asks."""
+    mutation_id = _mutation_id(request)
+    if mutation_id is None:
+        return None
+    canonical = json.dumps(
+        [request.method, request.url.path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return changes.Mutation(user_id, mutation_id, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+async def _change(request: Request, run: Callable[[], Awaitable[changes.Outcome]]) -> Response:
+    """Run a change and answer its outcome (`Idempotent-Replayed: true` for a stored one). A second request with the
+    same mutation id racing the first on another project runs once more, to answer from the first's record."""
+    try:
+        outcome = await run()
+    except IntegrityError:
+        outcome = await run()
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 
 
 # -- endpoints ---------------------------------------------------------------------------------------
 
 
 async def login(request: Request) -> Response:
+    _require_json(request)
     body = await _json_body(request)
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not username or len(username) > MAX_USERNAME_CHARS:
@@ -234,103 +239,159 @@ async def login(request: Request) -> Response:
     if not isinstance(password, str) or len(password) > MAX_PASSWORD_CHARS:
         raise ApiError(422, "invalid_body", f"password must be a string of at most {MAX_PASSWORD_CHARS} characters")
     ip = _client_ip(request)
-    limiter = _login_limiter(request)
-    wait = limiter.retry_after(ip, username)
+    limiter, gate = _login_limiter(request), _login_gate(request)
+    # The attempt is counted before the password is checked, so a burst of concurrent guesses cannot all slip in
+    # while the first ones are still being checked; and logins waiting for a check are capped (per address and in
+    # total), so a flood is refused at once instead of queueing in front of a real user.
+    wait, attempt = await limiter.reserve(ip, username)
     if wait > 0:
         log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="rate_limited")
         raise ApiError(
             429, "too_many_attempts", "too many failed logins; try again later",
             {"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    user = await anyio.to_thread.run_sync(
-        _store(request).authenticate, username, password, limiter=_password_limiter(request)
-    )
-    if user is None:
-        limiter.failed(ip, username)
+    if not gate.enter(ip):
+        await limiter.release(ip, username, attempt)
+        log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="busy")
+        raise ApiError(429, "too_many_requests", "too many sign-ins in progress; try again shortly", {"Retry-After": "1"})
+    try:
+        store = _store(request)
+        stored = await store.password_hash(username)
+        ok = await anyio.to_thread.run_sync(
+            verify_password, password, stored if stored is not None else _dummy_hash(), limiter=_password_limiter(request)
+        )
+    except BaseException:
+        await limiter.release(ip, username, attempt)
+        raise
+    finally:
+        gate.leave(ip)
+    if stored is None or not ok:
         log_event("auth.login_failed", logging.WARNING, username=username, ip=ip, reason="bad_credentials")
         raise ApiError(401, "invalid_credentials", "wrong username or password")
-    limiter.succeeded(ip, username)
+    await limiter.succeeded(ip, username, attempt)
+    user = await store.user(username)
+    if user is None:  # deleted between the two reads
+        raise ApiError(401, "invalid_credentials", "wrong username or password")
+    sessions = getattr(request.app.state, "sessions", None)
+    if sessions is not None:
+        return await sessions.signed_in(request, user)
+    from .auth import issue_token
+
     token, expires_s = issue_token(request.app.state.settings, user["id"])
     log_event("auth.login", user_id=user["id"], ip=ip)
     return JSONResponse({"token": token, "expiresAt": expires_s * 1000, "user": user})
 
 
+async def refresh(request: Request) -> Response:
+    """Exchange the refresh cookie for a new access token (backend.sessions). A JSON request from an allowed origin
+    only, so another site cannot make the browser refresh (the cookie is SameSite=Strict as well)."""
+    _require_json(request)
+    from .realtime.endpoint import origin_allowed
+
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(request.app.state.settings, origin, request.headers.get("host")):
+        raise ApiError(403, "forbidden", "this origin may not refresh")
+    sessions = request.app.state.sessions
+    return await sessions.refresh(request, _store(request).user)  # type: ignore[no-any-return]
+
+
+async def logout(request: Request) -> Response:
+    claims = await _claims(request, "/api/auth/logout")
+    return await request.app.state.sessions.logout(request, claims)  # type: ignore[no-any-return]
+
+
 async def list_projects(request: Request) -> Response:
-    user_id = _user_id(request, "/api/projects")
-    return JSONResponse(_store(request).list_projects(user_id))
+    user_id = await _user_id(request, "/api/projects")
+    return JSONResponse(await _store(request).list_projects(user_id))
 
 
 async def get_project(request: Request) -> Response:
-    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}"))
-    project = _store(request).get_project(project_id)
+    project_id = await _member_project(request, await _user_id(request, "/api/projects/{project_id}"))
+    project = await _store(request).get_project(project_id)
     if project is None:  # membership rows are deleted with their project; only a race gets here
         raise ApiError(404, "not_found", "no such project")
     return JSONResponse(project)
 
 
 async def list_stories(request: Request) -> Response:
-    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}/stories"))
-    return JSONResponse(_store(request).list_stories(project_id))
+    project_id = await _member_project(request, await _user_id(request, "/api/projects/{project_id}/stories"))
+    return JSONResponse(await _store(request).list_stories(project_id))
 
 
 async def patch_story(request: Request) -> Response:
-    user_id = _user_id(request, "/api/stories/{story_id}")
-    story_id = _int_param(request, "story_id", "story")
-    store, bus, metrics = _state(request)
-    _visible(store, user_id, store.get_story(story_id), "story")
-    mutation_id = _mutation_id(request)
+    user_id = await _user_id(request, "/api/stories/{story_id}")
+    story_id = _id_param(request, "story_id", "story")
+    store = _store(request)
+    await _visible(store, user_id, await store.get_story(story_id), "story")
+    _mutation_id(request)
     body = await _json_body(request)
     status = body.get("status")
     if not isinstance(status, str) or status not in STORY_STATUSES:
         raise ApiError(422, "invalid_body", f"status must be one of: {', '.join(STORY_STATUSES)}")
-    try:
-        story = await changes.move_story(
-            store, bus, metrics, story_id=story_id, status=status, actor=user_id, client_mutation_id=mutation_id
+    expect = body.get("expect")
+    expected: str | None = None
+    if expect is not None:
+        if not isinstance(expect, dict) or set(expect) != {"status"} or expect["status"] not in STORY_STATUSES:
+            raise ApiError(422, "invalid_body", "expect must be {\"status\": <the status the story had>}")
+        expected = expect["status"]
+    mutation = _mutation(request, user_id, {"status": status, "expect": expected})
+
+    async def run() -> changes.Outcome:
+        return await changes.move_story(
+            store, _relay(request), story_id=story_id, status=status, actor=user_id, expect=expected, mutation=mutation
         )
+
+    try:
+        return await _change(request, run)
     except NotFound:
         raise ApiError(404, "not_found", "no such story") from None
-    return JSONResponse(story)
 
 
 async def project_escalations(request: Request) -> Response:
     if request.method == "POST":
         return await create_escalation(request)
-    project_id = _member_project(request, _user_id(request, "/api/projects/{project_id}/escalations"))
-    return JSONResponse(_store(request).list_escalations(project_id))
+    project_id = await _member_project(request, await _user_id(request, "/api/projects/{project_id}/escalations"))
+    return JSONResponse(await _store(request).list_escalations(project_id))
 
 
 async def create_escalation(request: Request) -> Response:
-    user_id = _user_id(request, "/api/projects/{project_id}/escalations")
-    project_id = _member_project(request, user_id)
-    mutation_id = _mutation_id(request)
+    user_id = await _user_id(request, "/api/projects/{project_id}/escalations")
+    project_id = await _member_project(request, user_id)
+    _mutation_id(request)
     body = await _json_body(request)
     try:
         title = changes.clean_title(body.get("title"))
     except ValueError as exc:
         raise ApiError(422, "invalid_body", str(exc)) from None
-    store, bus, metrics = _state(request)
-    try:
-        escalation = await changes.create_escalation(
-            store, bus, metrics, project_id=project_id, title=title, actor=user_id, client_mutation_id=mutation_id
+    mutation = _mutation(request, user_id, {"title": title})
+
+    async def run() -> changes.Outcome:
+        return await changes.create_escalation(
+            _store(request), _relay(request), project_id=project_id, title=title, actor=user_id, mutation=mutation
         )
+
+    try:
+        return await _change(request, run)
     except NotFound:
         raise ApiError(403, "forbidden", "not a member of this project (or no such project)") from None
-    return JSONResponse(escalation, status_code=201)
 
 
 async def resolve_escalation(request: Request) -> Response:
-    user_id = _user_id(request, "/api/escalations/{escalation_id}/resolve")
-    escalation_id = _int_param(request, "escalation_id", "escalation")
-    store, bus, metrics = _state(request)
-    _visible(store, user_id, store.get_escalation(escalation_id), "escalation")
-    mutation_id = _mutation_id(request)
-    try:
-        escalation = await changes.resolve_escalation(
-            store, bus, metrics, escalation_id=escalation_id, actor=user_id, client_mutation_id=mutation_id
+    user_id = await _user_id(request, "/api/escalations/{escalation_id}/resolve")
+    escalation_id = _id_param(request, "escalation_id", "escalation")
+    store = _store(request)
+    await _visible(store, user_id, await store.get_escalation(escalation_id), "escalation")
+    mutation = _mutation(request, user_id, None)
+
+    async def run() -> changes.Outcome:
+        return await changes.resolve_escalation(
+            store, _relay(request), escalation_id=escalation_id, actor=user_id, mutation=mutation
         )
+
+    try:
+        return await _change(request, run)
     except NotFound:
         raise ApiError(404, "not_found", "no such escalation") from None
-    return JSONResponse(escalation)
 
 
 # -- wiring ----------------------------------------------------------------------------------------------
@@ -344,6 +405,10 @@ def _wrap(template: str, handler: Handler) -> Handler:
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except Unavailable as exc:  # the database is down or restarting: say so, the caller retries
+            log_event("http.unavailable", logging.WARNING, route=template, error=str(exc)[:200])
+            response = error_response(503, "unavailable", "the database is unavailable; try again shortly",
+                                      {"Retry-After": "1"})
         except Exception as exc:
             log_event("http.error", logging.ERROR, route=template, error=type(exc).__name__)
             logging.getLogger("dashboard").exception("unhandled error in %s", template)
@@ -359,18 +424,20 @@ def _wrap(template: str, handler: Handler) -> Handler:
 
 ROUTES: tuple[tuple[str, Handler, list[str]], ...] = (
     ("/api/auth/login", login, ["POST"]),
+    ("/api/auth/refresh", refresh, ["POST"]),
+    ("/api/auth/logout", logout, ["POST"]),
     ("/api/projects", list_projects, ["GET"]),
     ("/api/projects/{project_id}", get_project, ["GET"]),
     ("/api/projects/{project_id}/stories", list_stories, ["GET"]),
     ("/api/projects/{project_id}/escalations", project_escalations, ["GET", "POST"]),
-    ("/api/stories/{story_id:int}", patch_story, ["PATCH"]),
-    ("/api/escalations/{escalation_id:int}/resolve", resolve_escalation, ["POST"]),
+    ("/api/stories/{story_id}", patch_story, ["PATCH"]),
+    ("/api/escalations/{escalation_id}/resolve", resolve_escalation, ["POST"]),
 )
 
 
 def routes() -> list[BaseRoute]:
     """The REST routes; `create_app` adds them to the app."""
-    return [Route(path, _wrap(path.replace(":int", ""), handler), methods=methods) for path, handler, methods in ROUTES]
+    return [Route(path, _wrap(path, handler), methods=methods) for path, handler, methods in ROUTES]
 
 
 _ERROR_CODES = {
@@ -380,6 +447,7 @@ _ERROR_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "invalid_body",
     429: "too_many_requests",
 }

@@ -42,17 +42,23 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(digest.hex(), digest_hex)
 
 
-def issue_token(settings: Settings, user_id: str, *, now: float | None = None, ttl_s: int | None = None) -> tuple[str, int]:
-    """Return `(token, expires_at_epoch_s)` for `user_id`."""
+def issue_token(
+    settings: Settings, user_id: str, *, now: float | None = None, ttl_s: int | None = None, sid: str | None = None,
+) -> tuple[str, int]:
+    """Return `(token, expires_at_epoch_s)` for `user_id`; `sid` names the sign-in session (`backend.sessions`), whose
+    revocation kills the token at once. Every token has a random `jti`."""
     issued = int(time.time() if now is None else now)
     expires = issued + (settings.token_ttl_s if ttl_s is None else ttl_s)
-    claims = {
+    claims: dict[str, object] = {
         "sub": user_id,
         "iat": issued,
         "exp": expires,
         "aud": settings.jwt_audience,
         "iss": settings.jwt_issuer,
+        "jti": secrets.token_urlsafe(12),
     }
+    if sid is not None:
+        claims["sid"] = sid
     return jwt.encode(claims, settings.resolved_jwt_secret(), algorithm=ALGORITHM), expires
 
 
@@ -76,6 +82,8 @@ def verify_token(settings: Settings, token: str | None) -> dict[str, object]:
         raise AuthError(f"invalid token ({type(exc).__name__})") from None
     if not isinstance(claims.get("sub"), str):
         raise AuthError("invalid token (sub)")
+    if "sid" in claims and not isinstance(claims["sid"], str):
+        raise AuthError("invalid token (sid)")
     return claims
 
 

@@ -48,6 +48,8 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
     options: dict[str, Any] = {
         "host": host,
         "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
         "ws": "websockets-sansio",
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_message_bytes,
@@ -55,7 +57,10 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
         "log_config": None,  # keep configure_logging()'s JSON handlers and RedactingFilter
         "access_log": True,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-        "proxy_headers": False,
+        # Behind a proxy every client shares the proxy's address: believe X-Forwarded-For only from the proxies named
+        # in DASHBOARD_TRUSTED_PROXIES (off by default), so limits per address see the real client.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies) or None,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
@@ -80,10 +85,20 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def serve_metrics(app: Any, settings: Settings) -> None:
+    """`DASHBOARD_METRICS_PORT`: serve /metrics on its own internal port (a prometheus_client thread)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=app.state.metrics.registry)
+    log_event("metrics.listen", host=settings.metrics_host, port=settings.metrics_port)
+
+
 def serve(host: str, port: int, settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     app = create_app(settings)
+    if settings.metrics_port:
+        serve_metrics(app, settings)
     if settings.gc_tuning:
         tune_gc()
     server = DashboardServer(uvicorn_config(app, settings, host, port))
@@ -98,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd = commands.add_parser("serve", help="run the web server (settings from DASHBOARD_* variables)")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    commands.add_parser("migrate", help="apply the database migrations (also done at every start) and exit")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -105,6 +121,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.command == "serve":
         serve(args.host, args.port, settings)
+    elif args.command == "migrate":
+        return migrate(settings)
+    return 0
+
+
+def migrate(settings: Settings) -> int:
+    """`dashboard migrate`: apply the missing migrations to `DASHBOARD_DATABASE_URL`; idempotent."""
+    import asyncio
+
+    from .store import open_store
+
+    configure_logging(settings.log_level)
+
+    async def run() -> tuple[list[int], int]:
+        store = open_store(settings)
+        await store.open(migrate=False)
+        try:
+            applied = await store.migrate()
+            return applied, await store.schema_version()
+        finally:
+            await store.close()
+
+    applied, version = asyncio.run(run())
+    print(f"schema version {version}; applied {', '.join(map(str, applied)) if applied else 'nothing (up to date)'}")
     return 0
 
 

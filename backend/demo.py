@@ -4,7 +4,7 @@
 escalations (`create_app` calls it when `DASHBOARD_DEMO` is on). The demo passwords are public:
 alice / alice-demo (member of apollo and borealis) and bob / bob-demo (member of cassini).
 
-`DemoActivity(settings, store, bus, metrics)` makes one plausible change every
+`DemoActivity(settings, store, relay, metrics)` makes one plausible change every
 `settings.demo_activity_interval_ms` (±25 % jitter) through `backend.changes`, so the changes publish
 real events: mostly a story moving forward, sometimes a new story, a raised or a resolved escalation.
 `await start()` launches it, `await stop()` cancels it; `step()` makes one change (tests call it).
@@ -23,7 +23,7 @@ from . import changes
 from .auth import hash_password
 from .logs import log_event
 from .settings import Settings
-from .storage import Store
+from .store import Store
 
 USERS = (
     ("alice", "Alice Adams", "alice-demo", ("apollo", "borealis")),
@@ -115,23 +115,26 @@ def _demo_hash(password: str) -> str:
     return hash_password(password)
 
 
-def seed_if_empty(store: Store) -> bool:
+async def seed_if_empty(store: Store) -> bool:
     """Create the demo users, projects, stories and escalations if the store has neither users nor
-    projects. Returns True when it seeded."""
-    if not store.is_empty():
+    projects. Returns True when it seeded. Several nodes starting at once on one database seed it once."""
+    if not await store.is_empty():
         return False
-    for project in PROJECTS:
-        store.add_project(project["id"], project["name"], project["description"])
+    try:
+        await store.add_project(PROJECTS[0]["id"], PROJECTS[0]["name"], PROJECTS[0]["description"])
+    except ValueError:  # another node is seeding
+        return False
+    for index, project in enumerate(PROJECTS):
+        if index:
+            await store.add_project(project["id"], project["name"], project["description"])
         for title, status, assignee in project["stories"]:
-            store.create_story(project["id"], title, status=status, assignee=assignee)
+            await store.seed_story(project["id"], title, status=status, assignee=assignee)
         for title, status, created_by in project["escalations"]:
-            escalation = store.create_escalation(project["id"], title, created_by)
-            if status == "resolved":
-                store.resolve_escalation(escalation["id"])
+            await store.seed_escalation(project["id"], title, created_by, resolved=status == "resolved")
     for user_id, name, password, project_ids in USERS:
-        store.add_user(user_id, name, password_hash=_demo_hash(password))
+        await store.add_user(user_id, name, password_hash=_demo_hash(password))
         for project_id in project_ids:
-            store.add_member(user_id, project_id)
+            await store.add_member(user_id, project_id)
     log_event("demo.seeded", projects=len(PROJECTS), users=len(USERS))
     return True
 
@@ -143,11 +146,11 @@ class DemoActivity:
     """Background changes for the demo. `rng` makes runs reproducible in tests."""
 
     def __init__(
-        self, settings: Settings, store: Store, bus: Any, metrics: Any, *, rng: random.Random | None = None
+        self, settings: Settings, store: Store, relay: Any, metrics: Any, *, rng: random.Random | None = None
     ) -> None:
         self.settings = settings
         self.store = store
-        self.bus = bus
+        self.relay = relay
         self.metrics = metrics
         self.rng = rng or random.Random()
         self.steps = 0
@@ -184,7 +187,7 @@ class DemoActivity:
     async def step(self) -> str:
         """Make one change in a random project; returns what it did (`"move"`, `"create_story"`,
         `"reopen"`, `"raise"`, `"resolve"` or `"idle"` when there is no project)."""
-        project_ids = self.store.all_project_ids()
+        project_ids = await self.store.all_project_ids()
         if not project_ids:
             return "idle"
         project_id = self.rng.choice(project_ids)
@@ -201,7 +204,7 @@ class DemoActivity:
         return action or "idle"
 
     async def _move(self, project_id: str) -> str | None:
-        stories = [s for s in self.store.list_stories(project_id) if s["status"] != "done"]
+        stories = [s for s in await self.store.list_stories(project_id) if s["status"] != "done"]
         if not stories:
             return None
         story = self.rng.choice(stories)
@@ -210,38 +213,38 @@ class DemoActivity:
             status = "blocked"
         elif story["status"] == "review" and self.rng.random() < 0.15:
             status = "in_progress"  # changes requested
-        await changes.move_story(self.store, self.bus, self.metrics, story_id=story["id"], status=status, actor="demo")
+        await changes.move_story(self.store, self.relay, story_id=story["id"], status=status, actor="demo")
         return "move"
 
     async def _add_story(self, project_id: str) -> str:
-        stories = self.store.list_stories(project_id)
+        stories = await self.store.list_stories(project_id)
         done = [s for s in stories if s["status"] == "done"]
         if len(stories) >= MAX_STORIES and done:
             story = self.rng.choice(done)  # a regression: back to the queue
-            await changes.move_story(self.store, self.bus, self.metrics, story_id=story["id"], status="todo", actor="demo")
+            await changes.move_story(self.store, self.relay, story_id=story["id"], status="todo", actor="demo")
             return "reopen"
         title = self.rng.choice(NEW_STORY_TITLES).format(area=self.rng.choice(AREAS))
         await changes.create_story(
-            self.store, self.bus, self.metrics, project_id=project_id, title=title, actor="demo",
+            self.store, self.relay, project_id=project_id, title=title, actor="demo",
             assignee=self.rng.choice((*AGENTS, None)),
         )
         return "create_story"
 
     async def _raise(self, project_id: str) -> str | None:
-        open_ = [e for e in self.store.list_escalations(project_id) if e["status"] == "open"]
+        open_ = [e for e in await self.store.list_escalations(project_id) if e["status"] == "open"]
         if len(open_) >= MAX_OPEN_ESCALATIONS:
             return None
         agent = self.rng.choice(AGENTS)
         title = self.rng.choice(ESCALATION_TITLES).format(agent=agent)
-        await changes.create_escalation(self.store, self.bus, self.metrics, project_id=project_id, title=title, actor=agent)
+        await changes.create_escalation(self.store, self.relay, project_id=project_id, title=title, actor=agent)
         return "raise"
 
     async def _resolve(self, project_id: str) -> str | None:
-        open_ = [e for e in self.store.list_escalations(project_id) if e["status"] == "open"]
+        open_ = [e for e in await self.store.list_escalations(project_id) if e["status"] == "open"]
         if not open_:
             return None
         escalation = self.rng.choice(open_)
         await changes.resolve_escalation(
-            self.store, self.bus, self.metrics, escalation_id=escalation["id"], actor="demo"
+            self.store, self.relay, escalation_id=escalation["id"], actor="demo"
         )
         return "resolve"

@@ -73,6 +73,22 @@ class Metrics:
         self.events_replayed = Counter(
             "websocket_events_replayed_total", "Events replayed from history on re-subscribe", registry=r
         )
+        self.outbox_backlog = Gauge(
+            "dashboard_outbox_backlog", "Committed events not yet published (seen by the last sweep)", registry=r
+        )
+        self.outbox_lag = Histogram(
+            "dashboard_outbox_publish_lag_seconds", "Time from commit to publish of an outbox event",
+            buckets=LATENCY_BUCKETS + (5.0, 10.0, 30.0, 60.0), registry=r,
+        )
+        self.relay_errors = Counter(
+            "dashboard_relay_errors_total", "Relay passes that failed (bus or database unreachable)", registry=r
+        )
+        self.epoch_resets = Counter(
+            "dashboard_epoch_resets_total", "Projects given a new epoch so clients refetch", ["reason"], registry=r
+        )
+        self.auth_refresh = Counter(
+            "dashboard_auth_refresh_total", "Token refreshes by result", ["result"], registry=r
+        )
         self.http_requests = Counter(
             "http_requests_total", "REST requests by route and status", ["route", "status"], registry=r
         )

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MIN_SECRET_BYTES = 32
+# DASHBOARD_RECONNECT_JITTER -> the client core's `backoff` option (web/client/backoff.py)
+RECONNECT_JITTER = {"full": "jitter", "none": "seed"}
 
 
 def _parse_bool(value: str) -> bool:
@@ -27,17 +29,45 @@ def _parse_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+_SECRETS: dict[Path, bytes] = {}  # generated JWT keys, by file, read once per process
+
+
+def _read_or_create_secret(path: Path) -> bytes:
+    """The key in `path`, creating it first if missing. The new key is written to a temporary file and linked into
+    place, so a process starting at the same moment either sees no file or the whole key, never a partial one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and fails if another process won the race: then theirs is used
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip().encode()
+
+
 @dataclass(frozen=True)
 class Settings:
     """All server settings; times are in the unit their name says (`_ms`, `_s`)."""
 
     var_dir: str = "var"
-    db: str = ""  # empty: <var_dir>/dashboard.db; ":memory:" for tests
+    database_url: str = ""  # empty: sqlite:///<db> ; postgresql://user:pass@host:port/db for PostgreSQL
+    db: str = ""  # SQLite path alias kept for older set-ups; empty: <var_dir>/dashboard.db; ":memory:" for tests
+    database_pool_size: int = 10  # PostgreSQL connections per node
     jwt_secret: str = ""  # empty: generated once and kept in <var_dir>/jwt-secret
     jwt_issuer: str = "orchestrator-dashboard"
     jwt_audience: str = "dashboard"
     jwt_leeway_s: int = 0
-    token_ttl_s: int = 3600
+    token_ttl_s: int = 900
+    refresh_ttl_s: int = 604800  # refresh cookie lifetime, sliding with each refresh
+    session_max_s: int = 2592000  # a sign-in session ends this long after sign-in, refreshed or not
     heartbeat_interval_ms: int = 30000
     heartbeat_misses: int = 2
     reconnect_base_ms: int = 1000
@@ -45,6 +75,8 @@ class Settings:
     reconnect_max_attempts: int = 10
     connect_timeout_ms: int = 10000
     suspended_retry_ms: int = 60000
+    reconnect: bool = True  # `off`: the browser makes no timed retries (Retry, `online` and a visible tab still dial)
+    reconnect_jitter: str = "full"  # `full` jitter, or `none`: the exact 1, 2, 4, 8, 16 s doubling table
     demo: bool = False
     demo_activity: bool = False
     demo_activity_interval_ms: int = 4000
@@ -59,7 +91,14 @@ class Settings:
     history_size: int = 1000
     history_ttl_s: float = 120.0
     bus_url: str = "memory://"
+    bus_outage_s: float = 30.0  # events not numbered for longer than this start a new epoch (clients refetch)
+    outbox_retention_s: int = 3600  # published outbox rows are kept this long, then pruned
+    idempotency_ttl_s: int = 86400  # first responses to change requests are kept this long per (user, mutation id)
     log_level: str = "info"
+    metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <token>`
+    metrics_port: int = 0  # when set, /metrics is served only on this internal port (on metrics_host)
+    metrics_host: str = "127.0.0.1"
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For is believed (uvicorn forwarded_allow_ips)
     gc_tuning: bool = True  # `dashboard serve` freezes start-up objects and makes full GC passes rare
     ws_path: str = "/ws/status-updates"
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -101,11 +140,13 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must be positive, got {getattr(self, name)!r}")
-        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms"):
+        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms", "metrics_port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must not be negative, got {getattr(self, name)!r}")
         if self.reconnect_max_ms < self.reconnect_base_ms:
             raise ValueError("DASHBOARD_RECONNECT_MAX_MS must be at least DASHBOARD_RECONNECT_BASE_MS")
+        if self.reconnect_jitter not in RECONNECT_JITTER:
+            raise ValueError(f"DASHBOARD_RECONNECT_JITTER must be one of {', '.join(RECONNECT_JITTER)}, got {self.reconnect_jitter!r}")
         if not self.ws_path.startswith("/"):
             raise ValueError("DASHBOARD_WS_PATH must start with /")
 
@@ -116,22 +157,24 @@ class Settings:
     def db_path(self) -> str:
         return self.db or str(Path(self.var_dir) / "dashboard.db")
 
+    @property
+    def resolved_database_url(self) -> str:
+        """`DASHBOARD_DATABASE_URL`, or the SQLite file of `DASHBOARD_DB` / `var_dir` as a `sqlite:///` URL."""
+        if self.database_url:
+            return self.database_url
+        path = self.db_path
+        return "sqlite:///" + path  # an absolute path gives four slashes, as SQLAlchemy spells it
+
     def resolved_jwt_secret(self) -> bytes:
-        """The HS256 key: the configured one, or one generated once under `var_dir` and reused."""
+        """The HS256 key: the configured one, or one generated once under `var_dir` and reused. Read from disk once
+        per process (cached), never on the request path after start-up."""
         if self.jwt_secret:
             key = self.jwt_secret.encode()
         else:
-            path = Path(self.var_dir) / "jwt-secret"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:  # another process created it first: use theirs
-                    pass
-                else:
-                    with os.fdopen(fd, "w") as fh:
-                        fh.write(secrets.token_urlsafe(48))
-            key = path.read_text().strip().encode()
+            path = (Path(self.var_dir) / "jwt-secret").resolve()
+            key = _SECRETS.get(path) or b""
+            if not key:
+                key = _SECRETS[path] = _read_or_create_secret(path)
         if len(key) < MIN_SECRET_BYTES:
             raise ValueError(f"DASHBOARD_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
         return key
@@ -148,4 +191,6 @@ class Settings:
             "connectTimeoutMs": self.connect_timeout_ms,
             "suspendedRetryMs": self.suspended_retry_ms,
             "restartWindowMs": self.restart_window_ms,
+            "backoff": RECONNECT_JITTER[self.reconnect_jitter],
+            "reconnect": self.reconnect,
         }

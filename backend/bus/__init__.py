@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from .events import Event, Listener, ListenerSet, Unsubscribe, new_epoch
+from .events import Event, Listener, ListenerSet, OutboxGap, Unsubscribe, new_epoch
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Event", "EventBus", "Listener", "ListenerSet", "Unsubscribe", "from_url", "new_epoch"]
+__all__ = ["Event", "EventBus", "Listener", "ListenerSet", "OutboxGap", "Unsubscribe", "from_url", "new_epoch"]
 
 
 @runtime_checkable
@@ -30,8 +30,25 @@ class EventBus(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, project_id: str, event_type: str, data: dict[str, object]) -> Event:
-        """Assign the next `seq` of `project_id`, store the event in the bounded history, deliver it to listeners."""
+    async def publish(
+        self, project_id: str, event_type: str, data: dict[str, object], *, pseq: int | None = None,
+        fresh_epoch: bool = False,
+    ) -> Event | None:
+        """Assign the next `seq` of `project_id`, store the event in the bounded history, deliver it to listeners.
+
+        `pseq` is the event's outbox number (contiguous per project, `backend.relay`): the bus takes each number
+        once and in order, so a relay that crashed after publishing and before marking the row sent cannot deliver
+        it twice. A number already taken returns None (nothing published); one beyond the next raises `OutboxGap`.
+        `fresh_epoch` starts a new epoch for the project first (clients resuming across it get `recovered:false`)
+        and accepts a gap."""
+        ...
+
+    async def last_pseq(self, project_id: str) -> int | None:
+        """The last outbox number the bus took for `project_id`; None when it has no record (new, or lost)."""
+        ...
+
+    async def restart_epoch(self, project_id: str, pseq: int | None) -> str:
+        """Start a new epoch for `project_id` (its history is dropped) and set its last outbox number; returns it."""
         ...
 
     def listen(self, callback: Listener) -> Unsubscribe:

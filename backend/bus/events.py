@@ -72,6 +72,16 @@ class Event:
         )
 
 
+class OutboxGap(Exception):
+    """`publish(pseq=n)` refused: the bus has taken outbox numbers up to `last` only, so `n` would skip some.
+    The relay publishes the missing ones first (or, when they are gone, starts a new epoch)."""
+
+    def __init__(self, project_id: str, last: int) -> None:
+        super().__init__(f"{project_id}: outbox numbers taken up to {last}")
+        self.project_id = project_id
+        self.last = last
+
+
 Listener = Callable[[Event], None]
 Unsubscribe = Callable[[], None]
 

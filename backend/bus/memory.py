@@ -1,8 +1,9 @@
 """`MemoryBus`: the in-process bus (`memory://`), the default for a single server process.
 
 History is bounded per project by `settings.history_size` events and `settings.history_ttl_s` seconds.
-The epoch is random per bus instance, so after a restart every client's position is unrecoverable and it
-gets `recovered:false` (it refetches over REST).
+Each project's epoch starts as the bus instance's random epoch, so after a restart every client's position is
+unrecoverable and it gets `recovered:false` (it refetches over REST); `restart_epoch` (or `fresh_epoch=True`) gives a
+project a new one. `publish(..., pseq=n)` takes outbox number `n` once, in order (see `EventBus.publish`).
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings
-from .events import Event, Listener, ListenerSet, Unsubscribe, new_epoch, now_ms
+from .events import Event, Listener, ListenerSet, OutboxGap, Unsubscribe, new_epoch, now_ms
 
 
 class _History:
-    """One project's counter and its bounded, time-limited event history."""
+    """One project's epoch, counter, last outbox number taken, and its bounded, time-limited event history."""
 
-    __slots__ = ("events", "seq")
+    __slots__ = ("epoch", "events", "pseq", "seq")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, epoch: str) -> None:
+        self.epoch = epoch
         self.seq = 0
+        self.pseq: int | None = None
         self.events: deque[Event] = deque(maxlen=max(size, 0))
+
+    def restart(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.seq = 0
+        self.events.clear()
 
 
 class MemoryBus:
@@ -34,6 +42,7 @@ class MemoryBus:
         self._clock = clock
         self._projects: dict[str, _History] = {}
         self._listeners = ListenerSet()
+        self._control: list[Callable[[dict[str, Any]], None]] = []
 
     async def start(self) -> None:
         return None
@@ -41,13 +50,23 @@ class MemoryBus:
     async def stop(self) -> None:
         return None
 
+    async def ping(self) -> None:
+        return None
+
     def listen(self, callback: Listener) -> Unsubscribe:
         return self._listeners.add(callback)
+
+    def on_control(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._control.append(callback)
+
+    async def send_control(self, message: dict[str, Any]) -> None:
+        for callback in list(self._control):
+            callback(message)
 
     def _history(self, project_id: str) -> _History:
         history = self._projects.get(project_id)
         if history is None:
-            history = self._projects[project_id] = _History(self.settings.history_size)
+            history = self._projects[project_id] = _History(self.settings.history_size, self.epoch)
         return history
 
     def _expire(self, history: _History, now: int) -> None:
@@ -55,21 +74,42 @@ class MemoryBus:
         while history.events and history.events[0].timestamp < cutoff:
             history.events.popleft()
 
-    async def publish(self, project_id: str, event_type: str, data: dict[str, Any]) -> Event:
+    async def publish(
+        self, project_id: str, event_type: str, data: dict[str, Any], *, pseq: int | None = None, fresh_epoch: bool = False
+    ) -> Event | None:
         # No await between numbering and dispatch: per-project order is the order of publish() calls.
         history = self._history(project_id)
+        if pseq is not None and history.pseq is not None:
+            if pseq <= history.pseq:
+                return None  # already numbered (a relay retrying after a crash): never deliver twice
+            if pseq > history.pseq + 1 and not fresh_epoch:
+                raise OutboxGap(project_id, history.pseq)
+        if fresh_epoch:
+            history.restart(new_epoch())
+        if pseq is not None:
+            history.pseq = pseq
         now = self._clock()
         history.seq += 1
-        event = Event(project_id, event_type, history.seq, self.epoch, now, data)
+        event = Event(project_id, event_type, history.seq, history.epoch, now, data)
         self._expire(history, now)
         history.events.append(event)
         self._listeners.dispatch(event)
         return event
 
-    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
-        if epoch != self.epoch:
-            return None
+    async def last_pseq(self, project_id: str) -> int | None:
         history = self._projects.get(project_id)
+        return history.pseq if history else None
+
+    async def restart_epoch(self, project_id: str, pseq: int | None) -> str:
+        history = self._history(project_id)
+        history.restart(new_epoch())
+        history.pseq = pseq
+        return history.epoch
+
+    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
+        history = self._projects.get(project_id)
+        if epoch != (history.epoch if history else self.epoch):
+            return None
         current = history.seq if history else 0
         if seq < 0 or seq > current:
             return None
@@ -83,4 +123,4 @@ class MemoryBus:
 
     async def position(self, project_id: str) -> tuple[str, int]:
         history = self._projects.get(project_id)
-        return self.epoch, history.seq if history else 0
+        return (history.epoch, history.seq) if history else (self.epoch, 0)

@@ -3,7 +3,7 @@ demo-seeded app under Starlette's TestClient (`api`). Helpers live in server_fix
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from server_fixtures import Api, Recorder, TestClient, make_settings
@@ -12,7 +12,8 @@ from backend.app import create_app
 from backend.bus.memory import MemoryBus
 from backend.metrics import Metrics
 from backend.settings import Settings
-from backend.storage import Store
+from backend.store import Store
+from backend.store.sqlite import SqliteEngine
 
 
 @pytest.fixture
@@ -21,12 +22,17 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    """An open, empty in-memory store."""
-    s = Store(":memory:")
-    s.open()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    """An open, empty in-memory store (async tests: `pytestmark = pytest.mark.anyio`)."""
+    s = Store(SqliteEngine(":memory:"))
+    await s.open()
     yield s
-    s.close()
+    await s.close()
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ from starlette.testclient import TestClient
 from backend.auth import issue_token
 from backend.bus.events import Event
 from backend.settings import Settings
-from backend.storage import Store
 
-__all__ = ["SECRET", "Api", "Recorder", "TestClient", "make_settings"]
+__all__ = ["SECRET", "Api", "Recorder", "SyncStore", "TestClient", "make_settings"]
 
 SECRET = "s" * 40
 
@@ -36,6 +35,26 @@ class Recorder:
         self.events.clear()
 
 
+class SyncStore:
+    """The app's async store, called from a test thread: `sync.list_stories("apollo")` runs the coroutine on the
+    app's event loop (the TestClient's portal) and returns its result."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    @property
+    def target(self) -> Any:
+        return self._client.app.state.store  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.target, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._client.portal.call(lambda: method(*args, **kwargs))  # type: ignore[union-attr]
+
+        return call
+
+
 class Api:
     """The app under test: `client` (TestClient inside its lifespan) plus helpers for auth headers."""
 
@@ -48,9 +67,15 @@ class Api:
         return self.client.app
 
     @property
-    def store(self) -> Store:
-        store: Store = self.client.app.state.store  # type: ignore[attr-defined]
-        return store
+    def store(self) -> SyncStore:
+        return SyncStore(self.client)
+
+    def flush(self) -> None:
+        """Wait until the relay has published every change committed so far (events are published after the
+        response, by the relay task)."""
+        relay = getattr(self.client.app.state, "relay", None)  # type: ignore[attr-defined]
+        if relay is not None:
+            self.client.portal.call(relay.flushed)  # type: ignore[union-attr]
 
     def token(self, user_id: str, **kwargs: Any) -> str:
         return issue_token(self.settings, user_id, **kwargs)[0]
@@ -63,4 +88,7 @@ class Api:
 
     def request(self, method: str, path: str, user_id: str | None = "alice", **kwargs: Any) -> Any:
         headers = {**self.headers(user_id), **kwargs.pop("headers", {})}
-        return self.client.request(method, path, headers=headers, **kwargs)
+        response = self.client.request(method, path, headers=headers, **kwargs)
+        if method not in ("GET", "HEAD"):
+            self.flush()
+        return response

@@ -8,66 +8,72 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from server_fixtures import Recorder, TestClient, make_settings
 
 from backend.app import create_app
 from backend.bus.memory import MemoryBus
 from backend.demo import MAX_OPEN_ESCALATIONS, MAX_STORIES, PROJECTS, DemoActivity, seed_if_empty
 from backend.metrics import Metrics
-from backend.storage import Store
+from backend.relay import Relay
+from backend.store import Store
+from backend.store.sqlite import SqliteEngine
+
+pytestmark = pytest.mark.anyio
 
 EVENT_TYPES = {"story.status.changed", "story.created", "escalation.created", "escalation.resolved", "project.updated"}
 
 
-def test_seed_creates_the_demo_world(store: Store) -> None:
-    assert seed_if_empty(store) is True
-    assert store.authenticate("alice", "alice-demo")["projects"] == ["apollo", "borealis"]  # type: ignore[index]
-    assert store.authenticate("bob", "bob-demo")["projects"] == ["cassini"]  # type: ignore[index]
-    assert store.authenticate("alice", "bob-demo") is None
-    assert store.all_project_ids() == ["apollo", "borealis", "cassini"]
-    for project_id in store.all_project_ids():
-        project = store.get_project(project_id)
+async def test_seed_creates_the_demo_world(store: Store) -> None:
+    assert await seed_if_empty(store) is True
+    assert (await store.authenticate("alice", "alice-demo"))["projects"] == ["apollo", "borealis"]  # type: ignore[index]
+    assert (await store.authenticate("bob", "bob-demo"))["projects"] == ["cassini"]  # type: ignore[index]
+    assert await store.authenticate("alice", "bob-demo") is None
+    assert await store.all_project_ids() == ["apollo", "borealis", "cassini"]
+    for project_id in await store.all_project_ids():
+        project = await store.get_project(project_id)
         assert project is not None and project["name"] and project["description"]
-        stories = store.list_stories(project_id)
+        stories = await store.list_stories(project_id)
         assert 5 <= len(stories) <= 8
         assert len({s["status"] for s in stories}) >= 3
         assert any(s["assignee"] for s in stories)
-        escalations = store.list_escalations(project_id)
+        escalations = await store.list_escalations(project_id)
         assert 1 <= len(escalations) <= 3
         assert any(e["status"] == "open" for e in escalations)
 
 
-def test_seed_only_when_empty(store: Store) -> None:
-    store.add_project("mine", "Mine")
-    assert seed_if_empty(store) is False
-    assert store.all_project_ids() == ["mine"]
-    assert store.user("alice") is None
+async def test_seed_only_when_empty(store: Store) -> None:
+    await store.add_project("mine", "Mine")
+    assert await seed_if_empty(store) is False
+    assert await store.all_project_ids() == ["mine"]
+    assert await store.user("alice") is None
 
 
-def test_seed_is_not_repeated(store: Store) -> None:
-    assert seed_if_empty(store) is True
-    assert seed_if_empty(store) is False
-    assert len(store.list_stories("apollo")) == len(PROJECTS[0]["stories"])
+async def test_seed_is_not_repeated(store: Store) -> None:
+    assert await seed_if_empty(store) is True
+    assert await seed_if_empty(store) is False
+    assert len(await store.list_stories("apollo")) == len(PROJECTS[0]["stories"])
 
 
-def run_steps(store: Store, n: int, seed: int) -> tuple[Recorder, Counter[str], DemoActivity]:
-    bus = MemoryBus(make_settings())
+async def run_steps(store: Store, n: int, seed: int) -> tuple[Recorder, Counter[str], DemoActivity]:
+    settings = make_settings()
+    bus = MemoryBus(settings)
     recorder = Recorder(bus)
-    activity = DemoActivity(make_settings(), store, bus, Metrics(), rng=random.Random(seed))
+    relay = Relay(settings, store, bus, Metrics())
+    await relay.start()
+    activity = DemoActivity(settings, store, relay, Metrics(), rng=random.Random(seed))
     actions: Counter[str] = Counter()
-
-    async def go() -> None:
-        for _ in range(n):
-            actions[await activity.step()] += 1
-
-    asyncio.run(go())
+    for _ in range(n):
+        actions[await activity.step()] += 1
+    await relay.flushed()
+    await relay.stop()
     return recorder, actions, activity
 
 
-def test_steps_make_real_changes_and_publish_them(store: Store) -> None:
-    seed_if_empty(store)
-    before = {pid: store.list_stories(pid) for pid in store.all_project_ids()}
-    recorder, actions, activity = run_steps(store, 300, seed=7)
+async def test_steps_make_real_changes_and_publish_them(store: Store) -> None:
+    await seed_if_empty(store)
+    before = {pid: await store.list_stories(pid) for pid in await store.all_project_ids()}
+    recorder, actions, activity = await run_steps(store, 300, seed=7)
     assert activity.steps == 300
     assert set(actions) <= {"move", "create_story", "reopen", "raise", "resolve"}
     assert {"move", "create_story", "raise", "resolve"} <= set(actions)
@@ -78,12 +84,12 @@ def test_steps_make_real_changes_and_publish_them(store: Store) -> None:
     for event in recorder.events:
         if event.event_type == "project.updated":
             last_update[event.project_id] = event.data["project"]
-    for project_id in store.all_project_ids():
-        assert last_update[project_id] == store.get_project(project_id)
-        stories = store.list_stories(project_id)
+    for project_id in await store.all_project_ids():
+        assert last_update[project_id] == await store.get_project(project_id)
+        stories = await store.list_stories(project_id)
         assert len(stories) <= MAX_STORIES + 1
-        assert sum(e["status"] == "open" for e in store.list_escalations(project_id)) <= MAX_OPEN_ESCALATIONS
-    assert {pid: store.list_stories(pid) for pid in store.all_project_ids()} != before
+        assert sum(e["status"] == "open" for e in await store.list_escalations(project_id)) <= MAX_OPEN_ESCALATIONS
+    assert {pid: await store.list_stories(pid) for pid in await store.all_project_ids()} != before
     # Story moves are plausible transitions.
     allowed = {
         ("todo", "in_progress"), ("in_progress", "review"), ("in_progress", "blocked"), ("review", "done"),
@@ -95,24 +101,26 @@ def test_steps_make_real_changes_and_publish_them(store: Store) -> None:
             assert "clientMutationId" not in event.data
 
 
-def test_steps_are_reproducible_with_a_seeded_rng() -> None:
-    def world() -> Store:
-        s = Store(":memory:", clock=lambda: 1_000)
-        s.open()
-        seed_if_empty(s)
+async def test_steps_are_reproducible_with_a_seeded_rng() -> None:
+    async def world() -> Store:
+        s = Store(SqliteEngine(":memory:"), clock=lambda: 1_000)
+        await s.open()
+        await seed_if_empty(s)
         return s
 
-    a, b = world(), world()
-    rec_a, actions_a, _ = run_steps(a, 40, seed=3)
-    rec_b, actions_b, _ = run_steps(b, 40, seed=3)
+    a, b = await world(), await world()
+    rec_a, actions_a, _ = await run_steps(a, 40, seed=3)
+    rec_b, actions_b, _ = await run_steps(b, 40, seed=3)
+    await a.close()
+    await b.close()
     assert actions_a == actions_b
     assert [(e.event_type, e.project_id, e.data) for e in rec_a.events] == [
         (e.event_type, e.project_id, e.data) for e in rec_b.events
     ]
 
 
-def test_step_without_projects_is_idle(store: Store) -> None:
-    _, actions, _ = run_steps(store, 3, seed=1)
+async def test_step_without_projects_is_idle(store: Store) -> None:
+    _, actions, _ = await run_steps(store, 3, seed=1)
     assert actions == Counter({"idle": 3})
 
 
@@ -120,23 +128,24 @@ class FlakyStore(Store):
     """Fails the next `failures` reads of the project list."""
 
     def __init__(self) -> None:
-        super().__init__(":memory:")
+        super().__init__(SqliteEngine(":memory:"))
         self.failures = 0
 
-    def all_project_ids(self) -> list[str]:
+    async def all_project_ids(self) -> list[str]:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("database is locked")
-        return super().all_project_ids()
+        return await super().all_project_ids()
 
 
-def test_background_task_publishes_keeps_going_after_errors_and_stops_cleanly() -> None:
+async def test_background_task_publishes_keeps_going_after_errors_and_stops_cleanly() -> None:
     store = FlakyStore()
-    store.open()
-    seed_if_empty(store)
+    await store.open()
+    await seed_if_empty(store)
     settings = make_settings(demo_activity_interval_ms=5)
     bus = MemoryBus(settings)
-    snapshot = {pid: (store.list_stories(pid), store.list_escalations(pid)) for pid in store.all_project_ids()}
+    relay = Relay(settings, store, bus, Metrics())
+    snapshot = {pid: (await store.list_stories(pid), await store.list_escalations(pid)) for pid in await store.all_project_ids()}
     store.failures = 2
 
     async def go() -> tuple[DemoActivity, int]:
@@ -149,27 +158,32 @@ def test_background_task_publishes_keeps_going_after_errors_and_stops_cleanly() 
                 enough.set()
 
         bus.listen(on_event)
-        activity = DemoActivity(settings, store, bus, Metrics(), rng=random.Random(11))
+        await relay.start()
+        activity = DemoActivity(settings, store, relay, Metrics(), rng=random.Random(11))
         await activity.start()
         await activity.start()  # idempotent
         await asyncio.wait_for(enough.wait(), timeout=10)
         await activity.stop()
         await activity.stop()  # idempotent
+        await relay.flushed()
+        await relay.stop()
         count = len(seen)
         for _ in range(3):  # stopped: nothing more arrives
             await asyncio.sleep(0)
         assert len(seen) == count
         return activity, count
 
-    activity, count = asyncio.run(go())
+    activity, count = await go()
     assert activity.errors == 2 and activity.steps >= 4 and count >= 8
-    after = {pid: (store.list_stories(pid), store.list_escalations(pid)) for pid in store.all_project_ids()}
+    after = {pid: (await store.list_stories(pid), await store.list_escalations(pid)) for pid in await store.all_project_ids()}
     assert after != snapshot
-    store.close()
+    await store.close()
 
 
 def test_delay_has_jitter_around_the_interval() -> None:
-    activity = DemoActivity(make_settings(demo_activity_interval_ms=1000), Store(":memory:"), None, None, rng=random.Random(5))
+    activity = DemoActivity(
+        make_settings(demo_activity_interval_ms=1000), Store(SqliteEngine(":memory:")), None, None, rng=random.Random(5)
+    )
     delays = [activity.next_delay_s() for _ in range(200)]
     assert all(0.75 <= d <= 1.25 for d in delays)
     assert max(delays) - min(delays) > 0.2

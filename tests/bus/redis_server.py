@@ -1,8 +1,12 @@
-"""Start a throw-away `redis-server` on a free 127.0.0.1 port (no persistence) for one test module."""
+"""Start a throw-away `redis-server` on a free 127.0.0.1 port for one test module: no persistence, or
+append-only with `appendonly=True`. `kill()` SIGKILLs it, `pause()`/`resume()` SIGSTOP/SIGCONT it, `start()` again
+after a kill keeps the port (and, with append-only, the data)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,8 +25,9 @@ def free_port() -> int:
 class RedisServer:
     """`with RedisServer() as redis: redis.url` → `redis://127.0.0.1:<port>/0`; stopped on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, appendonly: bool = False) -> None:
         assert REDIS_BINARY, SKIP_REASON
+        self.appendonly = appendonly
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
@@ -38,7 +43,8 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self._proc = subprocess.Popen(
-            [REDIS_BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [REDIS_BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              "--dir", self._dir.name, "--protected-mode", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -63,6 +69,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)  # a paused server cannot exit
             self._proc.terminate()
             try:
                 self._proc.wait(5)
@@ -70,6 +77,22 @@ class RedisServer:
                 self._proc.kill()
                 self._proc.wait(5)
             self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop at once; without append-only persistence the data is gone."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(5)
+            self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is answered until `resume()`."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     def flushall(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backend.bus import Event, EventBus, from_url
+from backend.bus import Event, EventBus, OutboxGap, from_url
 from backend.bus.memory import MemoryBus
 from backend.settings import Settings
 
@@ -155,3 +155,38 @@ async def test_memory_epoch_is_new_per_instance() -> None:
     await second.publish("apollo", "x", {})
     assert first.epoch != second.epoch
     assert await second.replay("apollo", event.epoch, 0) is None
+
+
+async def test_an_outbox_number_is_taken_once_and_in_order(bus_factory: Callable[..., Any]) -> None:
+    bus: EventBus = await bus_factory()
+    seen = Collector()
+    bus.listen(seen)
+    assert await bus.last_pseq("apollo") is None
+    first = await bus.publish("apollo", "story.created", {"n": 1}, pseq=1)
+    assert first is not None and first.seq == 1
+    assert await bus.publish("apollo", "story.created", {"n": 1}, pseq=1) is None  # a relay retrying: not twice
+    with pytest.raises(OutboxGap) as gap:
+        await bus.publish("apollo", "story.created", {"n": 3}, pseq=3)
+    assert gap.value.last == 1
+    second = await bus.publish("apollo", "story.created", {"n": 2}, pseq=2)
+    assert second is not None and second.seq == 2
+    assert await bus.last_pseq("apollo") == 2
+    events = await seen.wait_for(2)
+    await asyncio.sleep(0.2)  # nothing else may arrive (a duplicate would come from the reader task)
+    assert [(e.seq, e.data["n"]) for e in events] == [(1, 1), (2, 2)]
+
+
+async def test_a_fresh_epoch_accepts_a_gap_and_makes_old_positions_unrecoverable(bus_factory: Callable[..., Any]) -> None:
+    bus: EventBus = await bus_factory()
+    await bus.publish("apollo", "a", {}, pseq=1)
+    old_epoch, old_seq = await bus.position("apollo")
+    event = await bus.publish("apollo", "b", {}, pseq=5, fresh_epoch=True)
+    assert event is not None and event.seq == 1 and event.epoch != old_epoch
+    assert await bus.replay("apollo", old_epoch, old_seq) is None
+    assert await bus.replay("apollo", event.epoch, 0) is not None
+    assert await bus.publish("apollo", "c", {}, pseq=5, fresh_epoch=True) is None  # still never twice
+    epoch = await bus.restart_epoch("apollo", 9)
+    assert epoch != event.epoch and await bus.position("apollo") == (epoch, 0)
+    assert await bus.last_pseq("apollo") == 9
+    other = await bus.position("borealis")  # other projects keep theirs
+    assert other[1] == 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from realtime_harness import LiveServer
+from realtime_harness import LiveServer, blocking
 from websockets.asyncio.client import ClientConnection
 
 from backend.bus import Event, EventBus
@@ -37,7 +37,8 @@ from backend.bus.memory import MemoryBus
 from backend.cli import DashboardServer, uvicorn_config
 from backend.demo import seed_if_empty
 from backend.settings import Settings
-from backend.storage import Store
+from backend.store import Store
+from backend.store.sqlite import SqliteEngine
 from bench.headless import HeadlessClient, Recorder, now_ms
 
 WAIT_S = 8.0  # upper bound of every wait (generous: the machine may be busy with other suites)
@@ -48,9 +49,9 @@ class ContractServer(LiveServer):
     """`LiveServer` on `port` (default: a free one) with its data in the SQLite file `db` (demo data seeded once)."""
 
     def __init__(self, settings: Settings, db: Path, port: int | None = None, bus: EventBus | None = None) -> None:
-        store = Store(str(db))
-        store.open()
-        seed_if_empty(store)
+        store = Store(SqliteEngine(str(db)))
+        blocking(store.open)
+        blocking(seed_if_empty, store)
         super().__init__(settings, store=store, bus=bus)
         if port is not None:
             self.port = port

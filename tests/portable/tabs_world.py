@@ -404,7 +404,8 @@ class World:
 
     def close_tab(self, tab):
         """The user closes the tab: pagehide (bye, lock released), then it is gone."""
-        tab.tabs.leave(self.now)
+        tab.tabs.lifecycle_changed(True, self.now)  # the adapter's pagehide, then BrowserTabs' own
+        tab.tabs.page_hidden(self.now)
         tab.pump()
         tab.gone = True
         self.locks.drop_tab(tab)

@@ -48,7 +48,15 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         "connect timeout",
         '"state":"auth-required"',
         '"rolledBack":true',
+        '"event":"freeze"',  # page lifecycle: closed with 4001, then resumed at once
+        '"event":"resume"',
+        '"resumes":1',
         "own=true",
+        '"event":"closed"',
+        'console.warn "[WebSocket] Reconnecting in ',
+        'console.info "[WebSocket] Connected (attempt ',
+        'console.error "[WebSocket] No answer after 4 attempts; retrying every 10 s"',
+        'link ["c-1",40]',
         # tabs_scenario: hand-over on close, steal from a frozen leader, resume after a server kill
         "ta tabs.role role=leader",
         "tb tabs.role role=leader leader=tb",

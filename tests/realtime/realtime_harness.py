@@ -24,7 +24,8 @@ from backend.bus import EventBus
 from backend.cli import DashboardServer, uvicorn_config
 from backend.demo import seed_if_empty
 from backend.settings import Settings
-from backend.storage import Store
+from backend.store import Store
+from backend.store.sqlite import SqliteEngine
 
 SECRET = "test-secret-" + "x" * 40
 MEMBERS = {"alice": {"apollo", "borealis"}, "bob": {"cassini"}}
@@ -36,30 +37,60 @@ def make_settings(**overrides: Any) -> Settings:
     return base.with_overrides(**overrides)
 
 
+def blocking(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run `await fn(*args)` to completion from synchronous code, even inside a running event loop (on a helper
+    thread with its own loop). The SQLite store may be used from any loop: its calls run in its own thread."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(_call(fn, *args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="blocking-store-call")
+    thread.start()
+    thread.join(TIMEOUT * 4)
+    if thread.is_alive():
+        raise TimeoutError(f"{fn} did not finish")
+    if error:
+        raise error[0]
+    return result[0]
+
+
+async def _call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    return await fn(*args, **kwargs)
+
+
 def demo_store() -> Store:
     """A fresh in-memory `Store` with the demo data: alice ∈ {apollo, borealis}, bob ∈ {cassini}."""
-    store = Store(":memory:")
-    store.open()
-    seed_if_empty(store)
+    store = Store(SqliteEngine(":memory:"))
+    blocking(store.open)
+    blocking(seed_if_empty, store)
     return store
+
+
+async def _set_members(store: Store, user_id: str, projects: set[str]) -> None:
+    if not await store.has_user(user_id):
+        await store.add_user(user_id, user_id.title(), password_hash="scrypt$00$00")  # cannot log in; tokens are issued directly
+    for project_id in projects:
+        if await store.get_project(project_id) is None:
+            await store.add_project(project_id, project_id.title())
+    current = set(await store.project_ids_for(user_id))
+    for project_id in current - projects:
+        await store.remove_member(user_id, project_id)
+    for project_id in projects - current:
+        await store.add_member(user_id, project_id)
 
 
 def set_members(store: Store, user_id: str, projects: set[str]) -> None:
     """Make `user_id` (created if needed) a member of exactly `projects` (created if needed)."""
-    if not store.has_user(user_id):
-        store.add_user(user_id, user_id.title(), password_hash="scrypt$00$00")  # cannot log in; tokens are issued directly
-    for project_id in projects:
-        if store.get_project(project_id) is None:
-            store.add_project(project_id, project_id.title())
-    current = set(store.project_ids_for(user_id))
-    for project_id in current - projects:
-        store.remove_member(user_id, project_id)
-    for project_id in projects - current:
-        store.add_member(user_id, project_id)
+    blocking(_set_members, store, user_id, projects)
 
 
 class FakeStore:
-    """Stands in for `backend.storage.Store` in the sans-I/O unit tests, where only membership matters."""
+    """Stands in for `backend.store.Store` in the sans-I/O unit tests, where only membership matters."""
 
     def __init__(self, members: dict[str, set[str]] | None = None) -> None:
         self.members = {user: set(projects) for user, projects in (members or MEMBERS).items()}
@@ -130,7 +161,9 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(20)
         assert not self._thread.is_alive(), "uvicorn did not stop"
-        self.store.close()
+        close = getattr(self.store, "close", None)
+        if close is not None and asyncio.iscoroutinefunction(close):
+            blocking(close)
 
     def sigterm(self) -> None:
         """What uvicorn does on SIGTERM (signal handlers only exist in the main thread)."""

@@ -240,7 +240,7 @@ class AsyncMembership:
 
     async def is_member(self, user_id: str, project_id: str) -> bool:
         await asyncio.sleep(0)
-        return bool(self._store.is_member(user_id, project_id))
+        return bool(await self._store.is_member(user_id, project_id))
 
 
 @pytest.mark.parametrize("async_store", [False, True])

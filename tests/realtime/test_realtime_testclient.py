@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from backend.app import create_app
-from realtime_harness import demo_store, make_settings, token_for
+from realtime_harness import blocking, demo_store, make_settings, token_for
 
 SETTINGS = make_settings()
 
@@ -19,7 +19,7 @@ def client() -> Iterator[TestClient]:
     store = demo_store()
     with TestClient(create_app(SETTINGS, store=store)) as test_client:
         yield test_client
-    store.close()
+    blocking(store.close)
 
 
 def test_connect_subscribe_and_receive(client: TestClient) -> None:
@@ -79,4 +79,4 @@ def test_subscribe_while_the_bus_is_down_answers_unavailable() -> None:
         assert (reply["error"], reply["projectId"]) == ("unavailable", "apollo")
         ws.send_json({"action": "ping"})
         assert ws.receive_json() == {"type": "pong"}
-    store.close()
+    blocking(store.close)

@@ -333,31 +333,126 @@ def test_a_revoked_project_reaches_the_followers_watching_it():
     assert a.rt.subscriptions.get("apollo").status == "subscribed"
 
 
-def test_pagehide_says_bye_and_pageshow_rejoins():
+def test_a_frozen_follower_keeps_following():
     w, (a, b, c) = three_tabs()
-    c.tabs.leave(w.now)
+    w.freeze(c)
+    c.tabs.lifecycle_changed(True, w.now)  # `freeze`: Chromium still runs its channel handlers
+    w.server.publish("apollo", 1, "done")
+    w.advance(TIMEOUT * 2)
+    assert positions(c) == [("e1", 1)] and a.tabs.stats["shares"] == 2
+    w.unfreeze(c)
+    c.tabs.lifecycle_changed(False, w.now)
+    c.pump()
+    w.advance(300)
+    assert c.tabs.role == "follower" and c.status()["state"] == "live" and c.rt.stats["connects"] == 1
+
+
+def test_pagehide_releases_the_share_and_the_page_restored_from_the_cache_catches_up_without_refetch():
+    w, (a, b, c) = three_tabs()
+    w.server.publish("apollo", 2, "review")
+    w.settle()
+    reads = len(c.reads)
+    c.tabs.lifecycle_changed(True, w.now)  # the adapter's pagehide
+    c.tabs.page_hidden(w.now)  # BrowserTabs' pagehide
     c.pump()
     w.settle()
     assert c.tabs.role == "closed" and [m["kind"] for m in posts(c)][-1] == "bye"
     assert a.tabs.stats["shares"] == 1
-    c.tabs.start(w.now)
-    c.pump()
+    w.server.publish("apollo", 1, "done")
     w.advance(200)
+    c.tabs.lifecycle_changed(False, w.now)  # pageshow with persisted: back from the back/forward cache
+    c.pump()
+    w.advance(300)
     assert c.tabs.role == "follower" and c.status()["state"] == "live" and w.server.active() == 1
+    assert positions(c) == [("e1", 1), ("e1", 2)] and statuses(c)[1] == "done"  # the leader sent what it missed
+    assert len(c.reads) == reads and c.rt.stats["unrecovered"] == 0
+
+
+def test_a_leader_that_freezes_gives_the_lock_to_the_next_tab_at_once():
+    w, (a, b, c) = three_tabs()
+    w.server.publish("apollo", 1, "done")
+    w.settle()
+    reads = [len(t.reads) for t in (a, b, c)]
+    w.freeze(a)
+    a.tabs.lifecycle_changed(True, w.now)  # Chromium fires `freeze` before freezing the page
+    a.pump()
+    w.settle()
+    w.server.publish("apollo", 2, "review")
+    w.advance(50)
+    assert w.leaders() == ["tb"] and w.server.active() == 1  # the frozen page's socket was closed (4001)
+    assert records(b, "tabs.steal") == []  # handed over, nothing stolen
+    w.advance(300)
+    w.unfreeze(a)
+    a.tabs.lifecycle_changed(False, w.now)  # resume
+    a.pump()
+    w.advance(500)
+    assert [t.tabs.role for t in (a, b, c)] == ["follower", "leader", "follower"] and w.server.active() == 1
+    for tab in (a, b, c):
+        assert positions(tab) == [("e1", 1), ("e1", 2)] and statuses(tab) == {1: "done", 2: "review"}
+    assert [len(t.reads) for t in (a, b, c)] == reads
 
 
 def test_what_other_tabs_can_make_the_leader_hold_is_bounded():
-    from client import tabs as tabsmod
+    from client import tabrelay as tabsmod
 
     w, (a, b, c) = three_tabs()
     for n in range(tabsmod.MAX_TABS + 10):
         a.tabs.channel_message(channel.make(channel.TAB, "tx%03d" % n, {"leader": "ta", "link": None, "visible": True, "watch": []}), w.now)
-    assert len(a.tabs.shares) == tabsmod.MAX_TABS and len(a.tabs.peers) == tabsmod.MAX_TABS
+    assert len(a.tabs.relay.shares) == tabsmod.MAX_TABS and len(a.tabs.peers) == tabsmod.MAX_TABS
     a.pump()
     link = b.tabs.vsid
     for n in range(tabsmod.MAX_PROJECTS + 5):  # as if tb asked for that many (it holds apollo already)
         a.tabs.channel_message(channel.make(channel.SUB, "tb", {"link": link, "projectId": "p%03d" % n, "since": None}, to="ta"), w.now)
     a.pump()
-    assert len(a.tabs.shares["tb"].refs) == tabsmod.MAX_PROJECTS
+    assert len(a.tabs.relay.shares["tb"].refs) == tabsmod.MAX_PROJECTS
     refused = [m for m in posts(a, "reply") if m["body"]["frame"].get("error") == "too_many_subscriptions"]
     assert len(refused) == 6
+
+
+def test_history_keeps_one_contiguous_run_per_project_and_says_when_it_cannot_cover():
+    from client.tabrelay import HISTORY_PER_PROJECT, History
+
+    def ev(seq, epoch="e1", pid="apollo"):
+        return {"type": "event", "projectId": pid, "seq": seq, "epoch": epoch}
+
+    h = History()
+    for seq in (3, 4, 4, 5):
+        h.add(ev(seq))
+    assert [e["seq"] for e in h.missed("apollo", "e1", 3, 5)] == [4, 5]
+    assert h.missed("apollo", "e1", 5, 5) == [] and h.missed("apollo", "e1", 7, 5) == []
+    assert h.missed("apollo", "e1", 1, 5) is None  # seq 2 and 3 are not all here
+    assert h.missed("apollo", "e2", 3, 5) is None and h.missed("zeus", "e1", 0, 1) is None
+    h.add(ev(7))  # a gap: a new run
+    assert h.missed("apollo", "e1", 4, 7) is None and [e["seq"] for e in h.missed("apollo", "e1", 6, 7)] == [7]
+    h.add(ev(1, epoch="e2"))
+    assert h.missed("apollo", "e1", 6, 7) is None and h.missed("apollo", "e2", 0, 1) == [ev(1, epoch="e2")]
+    for seq in range(2, HISTORY_PER_PROJECT + 10):
+        h.add(ev(seq, epoch="e2"))
+    assert h.missed("apollo", "e2", 0, 5) is None
+    assert len(h.missed("apollo", "e2", HISTORY_PER_PROJECT + 9 - HISTORY_PER_PROJECT, HISTORY_PER_PROJECT + 9)) == HISTORY_PER_PROJECT
+    h.add({"type": "event", "projectId": "x", "seq": True, "epoch": "e1"})  # malformed: ignored
+    assert h.missed("x", "e1", 0, 1) is None
+
+
+def test_a_tab_further_behind_than_the_leaders_history_refetches_that_project_itself():
+    w = World()
+    a = w.open_tab("ta", watch=("apollo",))
+    b = w.open_tab("tb", watch=("apollo",))
+    w.advance(1000)
+    w.server.publish("apollo", 1, "review")
+    w.settle()
+    b.tabs.page_hidden(w.now)
+    b.pump()
+    w.settle()
+    w.server.publish("apollo", 2, "done")
+    w.settle()
+    a.tabs.history = type(a.tabs.history)()  # as if the leader had started since: it cannot replay seq 2
+    a.tabs.relay.history = a.tabs.history
+    w.server.publish("apollo", 1, "blocked")
+    w.advance(200)
+    reads = len(b.reads)
+    b.tabs.lifecycle_changed(False, w.now)
+    b.pump()
+    w.advance(600)
+    assert b.rt.stats["unrecovered"] == 1 and len(b.reads) > reads
+    assert statuses(b) == {1: "blocked", 2: "done"} and b.status()["state"] == "live"

@@ -8,7 +8,8 @@ Every tab of one signed-in user runs its own `Runtime` (cache, subscriptions, vi
 BroadcastChannel), `lock_granted(lid, now)`, `lock_lost(lid, now)` (a held lock was taken with
 `steal`), `lock_failed(lid, reason, now)` (a request that was never granted failed); and three more
 commands: ("post", text), ("lock", lid, steal) (an exclusive Web Lock; `steal` True takes it from its
-holder) and ("unlock", lid) (release it, or abort the request while it waits).
+holder) and ("unlock", lid) (release it, or abort the request while it waits). `lifecycle_changed` (the
+page is frozen or hidden for good, or runs again) also makes the tab leave the group and join it again.
 
 - The tab holding the lock is the **leader**: its runtime's ("open", ...) reaches the adapter, so it
   owns the only WebSocket. It subscribes the union of what the tabs watch (each other tab's projects
@@ -20,8 +21,9 @@ holder) and ("unlock", lid) (release it, or abort the request while it waits).
   is live, turns its subscribe/unsubscribe sends into SUB/UNSUB posts and feeds relayed frames back
   as socket messages. So a follower's runtime runs the same code as with a socket of its own:
   dedupe, gaps, resume positions, cache, handlers, UI. Its status shown to the user is the leader's.
-- **Hand-over**: the browser gives the lock to the next waiting tab when the leader closes or
-  crashes. A frozen leader keeps its lock and stops beating (its timers do not run); a visible
+- **Hand-over**: the browser gives the lock to the next waiting tab when the leader closes, crashes
+  or is frozen (it says BYE and gives the lock back on `pagehide`/`freeze`). A leader frozen or hung
+  without that keeps its lock and stops beating (its timers do not run); a visible
   follower that hears no BEAT for `tabsTimeoutMs` (hidden: `tabsHiddenTimeoutMs`) takes the lock with
   `steal`, the best-ranked first (`tabsStaggerMs` apart). The new leader closes its link and dials;
   the followers link to it and resubscribe with their own positions, which it uses as `since` for the
@@ -36,6 +38,7 @@ envelopes; kinds this module does not use go to `listen()` handlers or are ignor
 import json
 
 from . import channel, wire
+from .tabrelay import MAX_TABS, History, Relay
 
 CANDIDATE = "candidate"  # started, does not know yet whether it leads or follows
 LEADER = "leader"
@@ -47,8 +50,6 @@ LINK_CLOSED = 1001  # what a follower's runtime sees when its leader goes away (
 LINK_LOST = 1006  # the leader lost its socket without a close code
 CLOSE_NOT_LEADER = 1000  # the code a leader that steps down closes its socket with
 
-MAX_TABS = 64  # tabs a leader serves (and peers a follower ranks itself against); more are ignored
-MAX_PROJECTS = 64  # projects one tab may hold through the leader (the server's own per-socket cap)
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _REPLAY_STATES = ("waiting", "suspended")  # runtime phases a live leader wakes up at once
 
@@ -78,19 +79,6 @@ class TabsConfig:
             setattr(self, attr, _number(raw.get(key), default))
 
 
-class Share:
-    """What one other tab holds through the leader: its link, its project references, its liveness."""
-
-    __slots__ = ("tab_id", "link", "refs", "visible", "owed_since")
-
-    def __init__(self, tab_id):
-        self.tab_id = tab_id
-        self.link = None  # the follower runtime's current link (socket id) to this leader
-        self.refs = {}  # project id -> release()
-        self.visible = False
-        self.owed_since = None  # first BEAT it has not answered yet
-
-
 class Tabs:
     """Wrap one `Runtime`; drive it through this object (see the module docstring)."""
 
@@ -117,9 +105,10 @@ class Tabs:
         self.vsid = None  # the follower runtime's link (socket id answered by us)
         self.vlive = False
         self.held_open = None  # an ("open", ...) made before the role was known
+        self.away = False  # left the group because the page was frozen or hidden (rejoins on resume)
         self.visible = True
-        self.shares = {}  # tab id -> Share (leader)
-        self.waiting = []  # [(tab id, link, project id, since)] subscribes to answer after the server's
+        self.relay = None  # tabrelay.Relay while leading
+        self.history = History()  # recent events, to send a tab that comes back behind what it missed
         self.peers = {}  # tab id -> [last heard, visible] (followers rank themselves for a steal)
         self.next_beat_at = None
         self.wait_lid = None
@@ -129,7 +118,7 @@ class Tabs:
         self._next_lid = 0
         self._listeners = []  # [(kind, handler)]
         self._role_listeners = []
-        self.counters = {"leaderChanges": 0, "steals": 0, "relayed": 0, "sharesDropped": 0, "ignored": 0}
+        self.counters = {"leaderChanges": 0, "steals": 0, "sharesDropped": 0, "ignored": 0}
         runtime.on_status(self._on_runtime_status)
         runtime.on_message(self._on_server_message)
 
@@ -155,36 +144,49 @@ class Tabs:
         self._flush(now)
 
     def start(self, now):
-        """Start (or, after `stop`/`leave`, rejoin): find the leader or become it, and start the runtime."""
+        """Start: find the leader or become it, and start the runtime."""
         self._now = now
-        if self.role == CLOSED:
-            self.role = CANDIDATE
-            self.alone_since = now
-            self.leader_id = None
-            self.leader_beat_at = None
-            self._post(channel.HELLO, {})
-            self._request_lock(False)
-            self._log("tabs.role", now)
+        self._join(now)
         self.rt.start(now)
         self._flush(now)
 
     def stop(self, now):
-        """Sign-out or page gone: say bye, give the lock back, stop the runtime (close 1000)."""
+        """Sign-out: say bye, give the lock back, stop the runtime (close 1000)."""
         self._now = now
-        if self.role not in (OWN, CLOSED):
-            self._post(channel.BYE, {"term": self.term if self.role == LEADER else None})
-            self._release_shares()
-            self._unlock_all()
-            self._set_role(CLOSED, now)
-            self.leader_id = None
-            self.leader_status = None
-            self.held_open = None
+        self._depart(now)
+        self.away = False
         self.rt.stop(now)
         self._flush(now)
 
-    def leave(self, now):
-        """`pagehide`: the same as `stop`; `start` again on `pageshow` from the back/forward cache."""
-        self.stop(now)
+    def lifecycle_changed(self, frozen, now):
+        """`freeze` or `pagehide` (frozen), `resume` or `pageshow` from the back/forward cache (not frozen).
+
+        A leader (or candidate) that stops running must not keep the socket from the others: it says bye and
+        gives the lock back (the next tab leads at once), then its runtime closes its socket (4001). A
+        follower stays: Chromium runs a frozen page's channel handlers, so it keeps applying what the leader
+        relays (`page_hidden` makes it leave when the page may be gone). Running again, a tab that left joins
+        as at `start`; its runtime dials and resumes with `since`."""
+        self._now = now
+        if frozen:
+            if self.role in (LEADER, CANDIDATE):
+                self._leave(now)
+            if self.role != FOLLOWER:
+                self.rt.lifecycle_changed(True, now)
+        else:
+            if self.away:
+                self.away = False
+                self._join(now)
+            self.rt.lifecycle_changed(False, now)
+        self._flush(now)
+
+    def page_hidden(self, now):
+        """`pagehide`: the page is closed or kept in the back/forward cache; every role leaves (a follower's
+        projects are released at once), and the runtime is frozen until `lifecycle_changed(False)`."""
+        self._now = now
+        if self.role in (LEADER, FOLLOWER, CANDIDATE):
+            self._leave(now)
+        self.rt.lifecycle_changed(True, now)
+        self._flush(now)
 
     def socket_opened(self, sid, now):
         self._now = now
@@ -333,7 +335,8 @@ class Tabs:
     def stats(self):
         out = dict(self.counters)
         out["role"] = self.role
-        out["shares"] = len(self.shares)
+        out["shares"] = len(self.relay.shares) if self.relay is not None else 0
+        out["relayed"] = self.relay.relayed if self.relay is not None else 0
         return out
 
     def on_role(self, listener):
@@ -527,11 +530,8 @@ class Tabs:
     def _on_bye(self, sender, body, now):
         self.peers.pop(sender, None)
         if self.role == LEADER:
-            share = self.shares.pop(sender, None)
-            if share is not None:
-                self._release_share(share)
-                self._drop_waiting(sender, None)
-                self._apply_visibility(now)
+            self.relay.on_bye(sender)
+            self._apply_visibility(now)
         elif sender == self.leader_id:
             # it gave the lock back: the next waiting tab leads next; until it says so, we have none
             self.leader_id = None
@@ -548,8 +548,7 @@ class Tabs:
         self.leader_term = self.term
         self.leader_status = None
         self.leader_live = False
-        self.shares = {}
-        self.waiting = []
+        self.relay = Relay(self.rt, self._post, self.term, self.history)
         self.counters["leaderChanges"] += 1
         self._set_role(LEADER, now)
         if self.held_open is not None:
@@ -566,8 +565,7 @@ class Tabs:
 
     def _step_down(self, now, reason):
         """Stop leading: close the socket (the runtime sees it lost), follow, queue for the lock again."""
-        self._release_shares()
-        self.waiting = []
+        self._close_relay()
         self.leader_id = None
         self.leader_status = None
         self.leader_live = False
@@ -585,6 +583,36 @@ class Tabs:
         if self.rt.status["phase"] in _REPLAY_STATES:
             self.rt.retry_now(now)
         self._request_lock(False)
+
+    def _join(self, now):
+        if self.role != CLOSED:
+            return
+        self.role = CANDIDATE
+        self.alone_since = now
+        self.leader_id = None
+        self.leader_beat_at = None
+        self.leader_live = False
+        self._post(channel.HELLO, {})
+        self._request_lock(False)
+        self._log("tabs.role", now)
+
+    def _leave(self, now):
+        self._depart(now)
+        self.away = True
+
+    def _depart(self, now):
+        if self.role in (OWN, CLOSED):
+            return
+        self._post(channel.BYE, {"term": self.term if self.role == LEADER else None})
+        self._close_relay()
+        self._link_down(now, LINK_CLOSED, "this tab left")
+        self._unlock_all()
+        self._set_role(CLOSED, now)
+        self.leader_id = None
+        self.leader_status = None
+        self.leader_live = False
+        self.held_open = None
+        self.next_beat_at = None
 
     def _go_own(self, now):
         """No usable lock: this tab keeps a socket of its own, as without sharing."""
@@ -613,7 +641,7 @@ class Tabs:
             except Exception as exc:
                 self.rt._report(exc)
 
-    # ------------------------------------------------------------------ leader: shares and relaying
+    # ------------------------------------------------------------------ leader: beats, tabs, relaying (tabrelay.py)
     def _leader_body(self, now):
         status = self.rt.status
         relative = {}
@@ -628,40 +656,13 @@ class Tabs:
     def _beat(self, now):
         self._post(channel.BEAT, self._leader_body(now))
         self.next_beat_at = now + self.config.heartbeat_ms
-        for tab_id in sorted(self.shares):
-            share = self.shares[tab_id]
-            if share.owed_since is None:
-                share.owed_since = now
-
-    def _share(self, tab_id, now):
-        """The share of `tab_id` (created on first contact), or None when MAX_TABS are served already."""
-        share = self.shares.get(tab_id)
-        if share is None:
-            if len(self.shares) >= MAX_TABS:
-                return None
-            share = Share(tab_id)
-            self.shares[tab_id] = share
-        share.owed_since = None
-        return share
+        self.relay.beat(now)
 
     def _on_tab(self, sender, body, now):
-        visible = body.get("visible") is True
-        self._heard_peer(sender, visible, now)
-        if self.role != LEADER or body.get("leader") != self.id:
-            return
-        share = self._share(sender, now)
-        if share is None:
-            return
-        share.visible = visible
-        link = body.get("link")
-        if link is not None and link != share.link:
-            self._post(channel.REBIND, {"term": self.term, "link": link}, sender)
-        elif link is not None:
-            watch = body.get("watch") if isinstance(body.get("watch"), list) else []
-            for pid in sorted(share.refs):
-                if pid not in watch:
-                    share.refs.pop(pid)()
-        self._apply_visibility(now)
+        self._heard_peer(sender, body.get("visible") is True, now)
+        if self.role == LEADER and body.get("leader") == self.id:
+            self.relay.on_tab(sender, body, now)
+            self._apply_visibility(now)
 
     def _on_follower_request(self, sender, kind, body, now):
         self._heard_peer(sender, None, now)
@@ -669,119 +670,39 @@ class Tabs:
             return
         if kind == channel.RETRY:
             self.rt.retry_now(now)
-            return
-        share = self._share(sender, now)
-        if share is None:
-            return
-        link = body.get("link")
-        if kind == channel.LINK:
-            share.link = link
-            self._drop_waiting(sender, None)
-            return
-        if share.link is None:
-            share.link = link
-        pid = body.get("projectId")
-        if link != share.link or not isinstance(pid, str):
-            return
-        if kind == channel.UNSUB:
-            release = share.refs.pop(pid, None)
-            if release is not None:
-                release()
-            self._drop_waiting(sender, pid)
-            return
-        since = body.get("since")
-        position = None
-        if isinstance(since, list) and len(since) == 2 and isinstance(since[0], str) and wire.is_int(since[1]):
-            position = (since[0], since[1])
-        if pid not in share.refs:
-            if len(share.refs) >= MAX_PROJECTS:
-                frame = {"type": "error", "error": "too_many_subscriptions", "projectId": pid, "message": "too many projects for one tab"}
-                self._post(channel.REPLY, {"term": self.term, "link": link, "frame": frame}, sender)
-                return
-            share.refs[pid] = self.rt.retain(pid, position, now)
-        self._drop_waiting(sender, pid)
-        self.waiting.append((sender, link, pid, position))
-        self._answer_waiting(pid, now)
-
-    def _answer_waiting(self, pid, now, error=None):
-        """Answer the tabs waiting for `pid` if the leader's own subscription is settled."""
-        sub = self.rt.subscriptions.get(pid)
-        live = self.rt.connection.state == "live"
-        keep = []
-        for item in self.waiting:
-            tab_id, link, project_id, position = item
-            if project_id != pid:
-                keep.append(item)
-                continue
-            if error is not None:
-                frame = error
-            elif sub is not None and sub.status == "forbidden":
-                frame = {"type": "error", "error": "forbidden", "projectId": pid, "message": "not a member of this project"}
-            elif live and sub is not None and sub.status == "subscribed" and sub.epoch is not None:
-                recovered = position is not None and position[0] == sub.epoch
-                frame = {"type": "subscribed", "projectId": pid, "recovered": recovered, "replayed": 0, "seq": sub.seq, "epoch": sub.epoch}
-            else:
-                keep.append(item)
-                continue
-            self._post(channel.REPLY, {"term": self.term, "link": link, "frame": frame}, tab_id)
-        self.waiting = keep
-
-    def _drop_waiting(self, tab_id, pid):
-        self.waiting = [w for w in self.waiting if not (w[0] == tab_id and (pid is None or w[2] == pid))]
+        else:
+            self.relay.on_request(sender, kind, body, now)
 
     def _on_server_message(self, now, msg):
-        """Runtime tap (leader only): relay events and pings, answer the tabs waiting for a subscription."""
-        if self.role != LEADER:
-            return
-        kind = msg.get("type")
-        if kind in ("event", "ping"):
-            self.counters["relayed"] += 1
-            self._post(channel.FRAME, {"term": self.term, "frame": msg})
-        elif kind == "subscribed" and isinstance(msg.get("projectId"), str):
-            self._answer_waiting(msg["projectId"], now)
-        elif kind == "error" and msg.get("error") == "forbidden" and isinstance(msg.get("projectId"), str):
-            pid = msg["projectId"]
-            for tab_id in sorted(self.shares):
-                share = self.shares[tab_id]
-                if pid in share.refs and not [w for w in self.waiting if w[0] == tab_id and w[2] == pid]:
-                    self._post(channel.REPLY, {"term": self.term, "link": share.link, "frame": msg}, tab_id)
-            self._answer_waiting(pid, now, error=msg)
+        """Runtime tap: keep events in the history; a leader relays them and answers the waiting tabs."""
+        if msg.get("type") == "event":
+            self.history.add(msg)
+        if self.role == LEADER:
+            self.relay.on_server_message(now, msg)
 
     def _on_runtime_status(self, status):
         """Runtime status listener: a leader tells the tabs at once (before any frame of a new socket)."""
         if self.role != LEADER:
             return
         if status.get("state") != "live":
-            self.waiting = []  # the links close; they resubscribe when live again
+            self.relay.socket_lost()
         self._post(channel.STATUS, self._leader_body(self._now))
 
-    def _release_share(self, share):
-        for pid in sorted(share.refs):
-            share.refs.pop(pid)()
-
-    def _release_shares(self):
-        for tab_id in sorted(self.shares):
-            self._release_share(self.shares[tab_id])
-        self.shares = {}
-        self.waiting = []
+    def _close_relay(self):
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
 
     def _apply_visibility(self, now):
         visible = self.visible
-        if self.role == LEADER:
-            for tab_id in self.shares:
-                if self.shares[tab_id].visible:
-                    visible = True
+        if self.role == LEADER and self.relay.any_visible():
+            visible = True
         self.rt.visibility_changed(visible, now)
 
     # ------------------------------------------------------------------ timers
     def _deadlines(self):
         if self.role == LEADER:
-            out = [self.next_beat_at]
-            for tab_id in self.shares:
-                owed = self.shares[tab_id].owed_since
-                if owed is not None:
-                    out.append(owed + self.config.timeout_ms)
-            return out
+            return [self.next_beat_at] + self.relay.deadlines(self.config.timeout_ms)
         return [self.takeover_at()]
 
     def _steal_at(self):
@@ -808,16 +729,11 @@ class Tabs:
         if self.role == LEADER:
             if self.next_beat_at is not None and now >= self.next_beat_at:
                 self._beat(now)
-            for tab_id in sorted(self.shares):
-                share = self.shares[tab_id]
-                if share.owed_since is not None and now - share.owed_since >= self.config.timeout_ms:
-                    del self.shares[tab_id]
-                    self._release_share(share)
-                    self._drop_waiting(tab_id, None)
-                    self.peers.pop(tab_id, None)
-                    self.counters["sharesDropped"] += 1
-                    self._log("tabs.share-dropped", now, reason="tab " + tab_id + " silent")
-                    self._apply_visibility(now)
+            for tab_id in self.relay.expire(now, self.config.timeout_ms):
+                self.peers.pop(tab_id, None)
+                self.counters["sharesDropped"] += 1
+                self._log("tabs.share-dropped", now, reason="tab " + tab_id + " silent")
+                self._apply_visibility(now)
         elif self.role in (FOLLOWER, CANDIDATE) and self.steal_lid is None:
             deadline = self._steal_at()
             if deadline is not None and now >= deadline:

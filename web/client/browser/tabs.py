@@ -2,7 +2,7 @@
 
 `supported()` says whether this browser has both (if not, the page keeps a socket of its own). Build
 it with the core and the signed-in user's id; the adapter calls `attach(pump)` (opens the channel,
-listens to `pagehide`/`pageshow`), hands it every ("post", text), ("lock", lid, steal) and ("unlock",
+listens to `pagehide`: a page that may be gone leaves the tabs, a follower too), hands it every ("post", text), ("lock", lid, steal) and ("unlock",
 lid) command through `run(command)`, and calls `dispose()` at the end of the session (channel closed,
 every lock given back). It moves messages and lock outcomes and decides nothing (docs/browser.md, "Tabs").
 
@@ -59,23 +59,22 @@ class BrowserTabs:
         self.locks = {}
         self.pump = None
         self._proxies = []
-        self._listeners = []
+        self._pagehide = None
         self._disposed = False
 
     def attach(self, pump):
-        """Open the channel and listen to the page lifecycle; `pump()` runs after every input."""
+        """Open the channel and listen to `pagehide`; `pump()` runs after every input. (`freeze`, `resume` and
+        `pageshow` reach the core through the adapter's `lifecycle_changed`; it runs its `pagehide` first.)"""
         self.pump = pump
         self.channel = js.BroadcastChannel.new(self.channel_name)
         handler = proxy(self._on_message)
         self._proxies.append(handler)
         self.channel.onmessage = handler
-        for name, fn in (("pagehide", self._on_pagehide), ("pageshow", self._on_pageshow)):
-            listener = proxy(fn)
-            js.window.addEventListener(name, listener)
-            self._listeners.append((name, listener))
+        self._pagehide = proxy(self._on_pagehide)
+        js.window.addEventListener("pagehide", self._pagehide)
 
     def dispose(self):
-        """Close the channel, give every lock back, drop the listeners."""
+        """Close the channel and give every lock back."""
         if self._disposed:
             return
         self._disposed = True
@@ -84,10 +83,10 @@ class BrowserTabs:
         if self.channel is not None:
             self.channel.onmessage = None
             self.channel.close()
-        for name, listener in self._listeners:
-            js.window.removeEventListener(name, listener)
-            release(listener)
-        self._listeners = []
+        if self._pagehide is not None:
+            js.window.removeEventListener("pagehide", self._pagehide)
+            release(self._pagehide)
+            self._pagehide = None
         for p in self._proxies:
             release(p)
         self._proxies = []
@@ -123,16 +122,7 @@ class BrowserTabs:
             self._input(lambda now: self.core.channel_message(data, now))
 
     def _on_pagehide(self, event=None):
-        self._input(self.core.leave)
-
-    def _on_pageshow(self, event=None):
-        persisted = False
-        try:
-            persisted = bool(event.persisted)
-        except Exception:
-            persisted = False
-        if persisted:  # back from the back/forward cache: join the other tabs again
-            self._input(self.core.start)
+        self._input(self.core.page_hidden)
 
     # -- locks -----------------------------------------------------------------------------
 

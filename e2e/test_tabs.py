@@ -88,6 +88,15 @@ def test_closing_the_leader_hands_over_within_3s_and_loses_nothing(context, serv
     assert active_sockets(server) == 1
 
 
+STEAL_LINE = "[WebSocket] The tab holding the connection stopped answering; taking it over"
+
+
+def console_of(page):
+    lines = []
+    page.on("console", lambda msg: lines.append(msg.text))
+    return lines
+
+
 def test_a_frozen_leader_is_replaced_and_follows_when_it_wakes(cdp_browser, server, api):
     context = cdp_browser.contexts[0]
     leader, first, second = open_tabs(context, server)
@@ -95,9 +104,10 @@ def test_a_frozen_leader_is_replaced_and_follows_when_it_wakes(cdp_browser, serv
     assert role(leader) == "leader"
     first.bring_to_front()  # the user looks at another tab; the leader is a background tab now
     first.wait_for_function("document.visibilityState === 'visible'", polling=100)
+    console = console_of(first)
 
     cdp = context.new_cdp_session(leader)
-    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+    cdp.send("Page.setWebLifecycleState", {"state": "frozen"})  # `freeze` runs first: bye, lock given back
     frozen_at = time.monotonic()
     target, to = pick_move(api.stories("apollo"))
     api.move_story(target["id"], to)
@@ -105,6 +115,7 @@ def test_a_frozen_leader_is_replaced_and_follows_when_it_wakes(cdp_browser, serv
     assert time.monotonic() - frozen_at <= 5.0
     for page in (first, second):
         expect(story(page, target["id"])).to_have_attribute("data-status", to)
+    assert not [line for line in console if line.startswith(STEAL_LINE)]  # handed over, not taken
 
     cdp.send("Page.setWebLifecycleState", {"state": "active"})
     expect(status(leader)).to_have_attribute("data-role", "follower")
@@ -117,6 +128,38 @@ def test_a_frozen_leader_is_replaced_and_follows_when_it_wakes(cdp_browser, serv
         expect(story(page, other["id"])).to_have_attribute("data-status", to2)
     assert sorted(role(page) for page in (leader, first, second)) == ["follower", "follower", "leader"]
     assert active_sockets(server) == 1
+
+
+def test_a_hung_leader_keeps_its_lock_and_is_taken_over_with_steal(cdp_browser, server, api):
+    """A leader whose page stops running without `freeze` (here: paused in the debugger) still holds the
+    lock; a follower that misses its beats takes the lock with `steal`, and the old leader follows once it
+    runs again."""
+    context = cdp_browser.contexts[0]
+    leader, first, second = open_tabs(context, server)
+    wait_for_sockets(server, 1)
+    first.bring_to_front()
+    first.wait_for_function("document.visibilityState === 'visible'", polling=100)
+    console = console_of(first)
+
+    cdp = context.new_cdp_session(leader)
+    cdp.send("Debugger.enable")
+    cdp.send("Debugger.pause")  # stops at its next statement: its next beat
+    hung_at = time.monotonic()
+    target, to = pick_move(api.stories("apollo"))
+    api.move_story(target["id"], to)
+    expect(status(first)).to_have_attribute("data-role", "leader", timeout=5_000)
+    assert time.monotonic() - hung_at <= 5.0
+    assert [line for line in console if line.startswith(STEAL_LINE)]
+    for page in (first, second):
+        expect(story(page, target["id"])).to_have_attribute("data-status", to)
+
+    cdp.send("Debugger.resume")
+    cdp.send("Debugger.disable")
+    expect(status(leader)).to_have_attribute("data-role", "follower")
+    expect(status(leader)).to_have_attribute("data-state", "live")
+    expect(story(leader, target["id"])).to_have_attribute("data-status", to)
+    wait_for_sockets(server, 1)
+    assert sorted(role(page) for page in (leader, first, second)) == ["follower", "follower", "leader"]
 
 
 def test_reloading_a_follower_keeps_one_socket(context, server, api):

@@ -146,6 +146,8 @@ class Server:
         elif action == "unsubscribe":
             if msg["projectId"] in sock.subs:
                 sock.subs.remove(msg["projectId"])
+        elif action == "ping":
+            self.send(sock, {"type": "pong"})
 
     def disconnect(self, tab, sid):
         sock = self.find(tab, sid)

@@ -456,3 +456,15 @@ def test_a_tab_further_behind_than_the_leaders_history_refetches_that_project_it
     w.advance(600)
     assert b.rt.stats["unrecovered"] == 1 and len(b.reads) > reads
     assert statuses(b) == {1: "blocked", 2: "done"} and b.status()["state"] == "live"
+
+
+def test_a_follower_shows_its_leaders_round_trip_and_client_id():
+    w, (a, b, c) = three_tabs()
+    w.advance(2000)  # server pings: the leader measures its round trip
+    assert a.rt.stats["clientId"] == "c1" and a.rt.stats["rttMs"] is not None
+    a.tabs.handle_timer(w.now)  # one more beat carries them
+    a.pump()
+    w.settle()
+    shown = b.tabs.shown_stats
+    assert (shown["clientId"], shown["rttMs"]) == (a.rt.stats["clientId"], a.rt.stats["rttMs"])
+    assert shown["events"] == b.rt.stats["events"]

@@ -4,12 +4,13 @@ Theory of operation
 -------------------
 Every tab of one signed-in user runs its own `Runtime` (cache, subscriptions, views) wrapped in one
 `Tabs`. The adapter drives `Tabs` exactly as it would drive the runtime (same input methods, same
-`commands()` and `get_timer()`), with four more inputs: `channel_message(text, now)` (the tabs'
+`commands()` and `get_timer()`), with more inputs: `channel_message(text, now)` (the tabs'
 BroadcastChannel), `lock_granted(lid, now)`, `lock_lost(lid, now)` (a held lock was taken with
-`steal`), `lock_failed(lid, reason, now)` (a request that was never granted failed); and three more
-commands: ("post", text), ("lock", lid, steal) (an exclusive Web Lock; `steal` True takes it from its
-holder) and ("unlock", lid) (release it, or abort the request while it waits). `lifecycle_changed` (the
-page is frozen or hidden for good, or runs again) also makes the tab leave the group and join it again.
+`steal`), `lock_failed(lid, reason, now)` (a request that was never granted failed) and
+`page_hidden(now)` (`pagehide`); and three more commands: ("post", text), ("lock", lid, steal) (an
+exclusive Web Lock; `steal` True takes it from its holder) and ("unlock", lid) (release it, or abort
+the request while it waits). `lifecycle_changed` and `page_hidden` make a tab leave the group while
+its page does not run, and join it again when it does (see `lifecycle_changed`).
 
 - The tab holding the lock is the **leader**: its runtime's ("open", ...) reaches the adapter, so it
   owns the only WebSocket. It subscribes the union of what the tabs watch (each other tab's projects
@@ -332,6 +333,16 @@ class Tabs:
         return None
 
     @property
+    def shown_stats(self):
+        """The runtime's stats as the page shows them: a follower's round trip and client id are its leader's
+        (its own link answers at once and has no server connection of its own)."""
+        out = self.rt.stats
+        if self.role == FOLLOWER and self.leader_status is not None:
+            out["rttMs"] = self.leader_status.get("rttMs")
+            out["clientId"] = self.leader_status.get("clientId")
+        return out
+
+    @property
     def stats(self):
         out = dict(self.counters)
         out["role"] = self.role
@@ -651,6 +662,8 @@ class Tabs:
         relative["nextRetryIn"] = None if at is None else at - now
         at = status.get("lastLiveAt")
         relative["liveAgo"] = None if at is None else now - at
+        relative["rttMs"] = self.rt.connection.rtt_ms
+        relative["clientId"] = self.rt.connection.client_id
         return {"term": self.term, "live": status["state"] == "live", "hb": self.rt.connection.heartbeat_ms, "status": relative}
 
     def _beat(self, now):
@@ -812,7 +825,7 @@ def _absolute(status, now):
     if not isinstance(status, dict):
         return None
     out = {}
-    for key in ("state", "attempt", "closeCode", "reason", "phase", "deferred"):
+    for key in ("state", "attempt", "closeCode", "reason", "phase", "deferred", "rttMs", "clientId"):
         out[key] = status.get(key)
     left = status.get("nextRetryIn")
     out["nextRetryAt"] = now + left if isinstance(left, (int, float)) and not isinstance(left, bool) else None

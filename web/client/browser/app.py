@@ -216,7 +216,7 @@ class DashboardApp:
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
         self.view.role(status.get("role"))
-        self.details.render(Shown(session.link.status, session.rt.stats) if session is not None else None)
+        self.details.render(Shown(session.link.status, session.link.shown_stats) if session is not None else None)
         if session is not None and status.get("state") == "auth-required" and not self._signed_out:
             self._signed_out = True
             storage.forget_token()

@@ -1,7 +1,7 @@
 """The façade the browser adapter and the UI talk to: connection + subscriptions + cache + mutations.
 
 Adapter loop (one per page): call an input method (`start`, `socket_*`, `visibility_changed`,
-`network_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
+`network_changed`, `lifecycle_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
 `commands()` and re-arm a single setTimeout at `get_timer()` (absolute ms, same clock as `now`).
 Commands: ("open", sid, url, protocols), ("send", sid, text), ("close", sid, code, reason),
 ("fetch", rid, method, path, body_or_None, headers) and ("log", record). Inputs for unknown or old
@@ -96,6 +96,7 @@ class Runtime:
         self._handlers = []  # [(project id or "*", handler)]
         self._status_listeners = []
         self._mutation_listeners = []
+        self._message_listeners = []
         self._requests = {}  # rid -> ("query", key, seq, now) | ("mutation", mid)
         self._next_rid = 0
         self._mutations = {}  # mid -> Mutation (pending and recently settled)
@@ -106,7 +107,7 @@ class Runtime:
         self._auth_listeners = []
         self._batch_keys = None  # while a batch is applied: keys to invalidate once at its end
         self.auth_expires_at = None  # epoch ms of the token the server last accepted in band
-        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0}
+        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0, "events": 0}
 
     # ------------------------------------------------------------------ adapter side
     def commands(self):
@@ -163,6 +164,13 @@ class Runtime:
             self.cache.refetch_errors(now)
         self._publish()
 
+    def lifecycle_changed(self, frozen, now):
+        """`freeze`/`pagehide` (frozen) or `resume`/`pageshow` from the back/forward cache (not frozen);
+        see `Connection.lifecycle_changed`."""
+        self._now = now
+        self.connection.lifecycle_changed(frozen, now)
+        self._publish()
+
     def retry_now(self, now):
         self._now = now
         self.connection.retry_now(now)
@@ -205,6 +213,8 @@ class Runtime:
         for key in self._counters:
             out[key] = self._counters[key]
         out["refetches"] = self.cache.refetches
+        out["rttMs"] = self.connection.rtt_ms  # our ping's round trip, refreshed every heartbeat
+        out["clientId"] = self.connection.client_id
         return out
 
     def on_status(self, listener):
@@ -228,6 +238,27 @@ class Runtime:
         self._out.append(("send", self.connection.sid, wire.auth(token)))
         self.connection.log_event("auth-sent", now)
         return True
+
+    def on_message(self, listener):
+        """listener(now, msg) after each server message handled on a live socket (client.tabs relays them)."""
+        return _listen(self._message_listeners, listener)
+
+    def retain(self, project_id, position=None, now=None):
+        """Keep `project_id` subscribed for someone other than this page's views (another tab, client.tabs).
+
+        `position` (epoch, seq) is where that someone is: the resume point when the project is new here.
+        Returns release()."""
+        if now is not None:
+            self._now = now
+        self._retain(project_id, position)
+        done = [False]
+
+        def release():
+            if not done[0]:
+                done[0] = True
+                self._release(project_id)
+
+        return release
 
     def subscribe(self, project_id, handler, now=None):
         """handler(event dict) for each accepted event of `project_id` ("*": every project).
@@ -339,6 +370,7 @@ class Runtime:
         try:
             for msg in events:
                 self._on_event(now, msg)
+                self._heard(now, msg)  # message listeners (client.tabs) see plain events too
         finally:
             keys, self._batch_keys = self._batch_keys, None
             for key in keys:
@@ -369,6 +401,14 @@ class Runtime:
                 # gets the project list without it and 403 for its own keys.
                 for key in project_keys(sub.project_id):
                     self.cache.invalidate(key, now)
+        self._heard(now, msg)
+
+    def _heard(self, now, msg):
+        for listener in list(self._message_listeners):
+            try:
+                listener(now, msg)
+            except Exception as exc:
+                self._report(exc)
 
     # ------------------------------------------------------------------ internals
     def _estimated_wall(self):
@@ -387,6 +427,7 @@ class Runtime:
         if verdict == subscriptions.DUPLICATE:
             self._counters["duplicates"] += 1
             return
+        self._counters["events"] += 1  # accepted (not a duplicate)
         project_id = msg["projectId"]
         event_type = msg.get("eventType")
         if not isinstance(event_type, str):
@@ -452,8 +493,8 @@ class Runtime:
         record_recovered = trusted if sub.sent_since else None
         self.connection.log_event("subscribed", now, projectId=project_id, replayed=msg.get("replayed"), seq=sub.seq, recovered=record_recovered)
 
-    def _retain(self, project_id):
-        if self.subscriptions.add(project_id) and self.connection.state == LIVE:
+    def _retain(self, project_id, position=None):
+        if self.subscriptions.add(project_id, position) and self.connection.state == LIVE:
             self._out.append(("send", self.connection.sid, self.subscriptions.subscribe_message(project_id, self._now)))
 
     def _release(self, project_id):

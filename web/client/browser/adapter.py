@@ -1,6 +1,8 @@
 """`BrowserAdapter`: pumps one `client.runtime.Runtime` with real browser APIs.
 
-Build it with the runtime and a token provider, call `attach()` then `start()`; call `pump()`
+Build it with the runtime (or the `client.tabs.Tabs` around it, which takes the same inputs) and a token
+provider, plus `tabs` (a `client.browser.tabs.BrowserTabs`) when the socket is shared between tabs: it
+runs the ("post", ...), ("lock", ...) and ("unlock", ...) commands. Call `attach()` then `start()`; call `pump()`
 after anything you did to the runtime yourself (`retry_now`, `move_story`, ...), and `dispose()`
 at logout. It runs the runtime's commands (native WebSocket, `fetch`, console logs), feeds every
 browser event back with `now` (`performance.now()`), and keeps exactly one `setTimeout` armed for
@@ -15,12 +17,14 @@ Timers use the global `js.setTimeout`/`js.clearTimeout`: under MicroPython 1.27 
 import asyncio
 import json
 
+from client import logtext
+
 from . import prefetch
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js
 
 LOG_PREFIX = "[WebSocket]"
 FETCH_TIMEOUT_MS = 15000
-LOG_METHODS = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn", "error": "error"}
+LOG_METHODS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
 SECRET_KEYS = ("token", "authorization", "protocols", "jwt")
 
 
@@ -61,8 +65,9 @@ class _Socket:
 class BrowserAdapter:
     """Runs a runtime's commands in the browser and feeds browser events back to it."""
 
-    def __init__(self, runtime, token_provider, on_pumped=None):
+    def __init__(self, runtime, token_provider, on_pumped=None, tabs=None):
         self.rt = runtime
+        self.tabs = tabs
         self.token_provider = token_provider
         self.on_pumped = on_pumped
         self.sockets = {}
@@ -78,10 +83,17 @@ class BrowserAdapter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self):
-        """Listen to visibilitychange (document) and online/offline (window)."""
+        """Listen to visibilitychange (document), online/offline (window) and the page lifecycle:
+        pagehide/pageshow (window), freeze/resume (document)."""
         self._listen(js.document, "visibilitychange", self._on_visibility)
         self._listen(js.window, "online", self._on_online)
         self._listen(js.window, "offline", self._on_offline)
+        self._listen(js.window, "pagehide", self._on_frozen)
+        self._listen(js.document, "freeze", self._on_frozen)
+        self._listen(js.window, "pageshow", self._on_pageshow)
+        self._listen(js.document, "resume", self._on_resumed)
+        if self.tabs is not None:
+            self.tabs.attach(self.pump)
 
     def start(self):
         """Start the runtime with the current visibility and network state, then pump."""
@@ -106,6 +118,8 @@ class BrowserAdapter:
         if self._disposed:
             return
         self._disposed = True
+        if self.tabs is not None:
+            self.tabs.dispose()
         for target, name, handler in self._listeners:
             target.removeEventListener(name, handler)
             release(handler)
@@ -152,6 +166,8 @@ class BrowserAdapter:
             asyncio.create_task(self._fetch(*command[1:]))
         elif kind == "log":
             self._log(command[1])
+        elif self.tabs is not None and kind in ("post", "lock", "unlock"):
+            self.tabs.run(command)
 
     # -- timer -----------------------------------------------------------------------------
 
@@ -290,22 +306,24 @@ class BrowserAdapter:
     # -- logs and signals ------------------------------------------------------------------
 
     def _log(self, record):
+        """One readable `[WebSocket] …` line (client/logtext.py) with the record's fields as an object after it."""
         try:
             record = _redact(record)
-            level = str(record.get("level", "info")).lower()
-            message = record.get("event") or record.get("msg") or record.get("message") or ""
-            line = "%s %s %s" % (LOG_PREFIX, message, json.dumps(record))
+            level, line = logtext.line(record)
+            details = to_js(logtext.fields(record))
         except Exception:
-            level, line = "info", "%s %s" % (LOG_PREFIX, record)
+            level, line, details = "info", "%s %s" % (LOG_PREFIX, record), None
         method = LOG_METHODS.get(level, "log")
-        if method == "warn":
-            js.console.warn(line)
-        elif method == "error":
-            js.console.error(line)
-        elif method == "debug":
-            js.console.debug(line)
-        else:
+        if details is None:
             js.console.log(line)
+        elif method == "warn":
+            js.console.warn(line, details)
+        elif method == "error":
+            js.console.error(line, details)
+        elif method == "debug":
+            js.console.debug(line, details)
+        else:
+            js.console.info(line, details)
 
     def _listen(self, target, name, fn):
         handler = proxy(fn)
@@ -328,6 +346,28 @@ class BrowserAdapter:
         if self._disposed:
             return
         self.rt.network_changed(False, now_ms())
+        self.pump()
+
+    def _on_frozen(self, event=None):
+        """`pagehide` or `freeze`: the runtime closes its socket (4001) now, while the page can still run."""
+        if self._disposed:
+            return
+        self.rt.lifecycle_changed(True, now_ms())
+        self.pump()
+
+    def _on_pageshow(self, event):
+        if bool(event.persisted):  # restored from the back/forward cache (false on a normal load)
+            self._on_resumed()
+
+    def _on_resumed(self, event=None):
+        """`resume` or `pageshow` from the back/forward cache: network and visibility may have changed
+        meanwhile (their events can come later), so report them first, then wake the runtime."""
+        if self._disposed:
+            return
+        now = now_ms()
+        self.rt.network_changed(bool(js.navigator.onLine), now)
+        self.rt.visibility_changed(text(js.document.visibilityState) != "hidden", now)
+        self.rt.lifecycle_changed(False, now)
         self.pump()
 
 

@@ -1,6 +1,7 @@
 """`DashboardApp`: the page controller. `main()` builds it and starts `boot()`.
 
-It signs in over REST, then builds one `Runtime` + `BrowserAdapter` per session, watches the
+It signs in over REST, then builds one `Runtime` (wrapped in `client.tabs.Tabs`, so every tab of the
+browser shares one socket; `?tabs=own` keeps one per tab) + `BrowserAdapter` per session, watches the
 cache keys the screen needs and renders them through `client.presenter` and `View`. User actions
 arrive through three delegated listeners (click, change, submit) and become runtime calls.
 """
@@ -10,10 +11,13 @@ import json
 
 from client import presenter
 from client.runtime import Runtime
+from client.tabs import Tabs
 
 from . import prefetch, storage
+from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
-from .ffi import is_none, js, now_ms, proxy, release, text, to_js, wall_ms
+from .details import DetailsPanel
+from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
 DEFAULT_CONFIG = {"wsPath": "/ws/status-updates"}
@@ -38,20 +42,46 @@ def _as_id(value):
 
 
 def _wall_now():
-    return float(js.Date.now())
+    return epoch_now()
 
 
 def _to_wall(monotonic_ms):
     return None if monotonic_ms is None else wall_ms(monotonic_ms)
 
 
+def _tabs_mode():
+    """`?tabs=own` keeps a socket per tab; anything else shares one per browser (where it can)."""
+    try:
+        return text(js.URLSearchParams.new(js.location.search).get("tabs"))
+    except Exception:
+        return ""
+
+
+def _user_key(user):
+    """Tabs share a socket only with tabs signed in as the same user."""
+    user = user or {}
+    return str(user.get("id") or user.get("name") or "anonymous")
+
+
+class Shown:
+    """What the details panel reads: the status this tab shows (a follower shows its leader's) and its own stats."""
+
+    __slots__ = ("status", "stats")
+
+    def __init__(self, status, stats):
+        self.status = status
+        self.stats = stats
+
+
 class Session:
-    """One signed-in user: the runtime, its adapter, and the unsubscribe callables to run at the end."""
+    """One signed-in user: the runtime, the tabs link around it (status, retry), its adapter, and the
+    unsubscribe callables to run at the end."""
 
-    __slots__ = ("rt", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
+    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
 
-    def __init__(self, rt, adapter, user):
+    def __init__(self, rt, link, adapter, user):
         self.rt = rt
+        self.link = link
         self.adapter = adapter
         self.user = user
         self.unsubs = []
@@ -85,10 +115,12 @@ class DashboardApp:
         self._intent = None
         self._signed_out = False
         self.tz = timezone_offset_min()
+        self.details = DetailsPanel()
 
     async def boot(self):
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
+        self.details.attach()
         try:
             early = await prefetch.take("/api/config")
             if early is None:
@@ -110,17 +142,20 @@ class DashboardApp:
 
     # -- session ---------------------------------------------------------------------------
 
-    def start_session(self, user):
+    def start_session(self, user, focus=False):
         if self.session is not None:
             self.end_session()
         ws_url = socket_url(self.config.get("wsPath") or "/ws/status-updates")
         rt = Runtime(self.config, storage.token, ws_url=ws_url, wall_clock=_wall_now)
-        adapter = BrowserAdapter(rt, storage.token, on_pumped=self.render_status)
-        session = Session(rt, adapter, user)
+        shared = _tabs_mode() != "own" and browser_tabs.supported()
+        link = Tabs(rt, shared=shared, config=self.config, wall_clock=_wall_now)
+        port = browser_tabs.BrowserTabs(link, _user_key(user)) if shared else None
+        adapter = BrowserAdapter(link, storage.token, on_pumped=self.render_status, tabs=port)
+        session = Session(rt, link, adapter, user)
         self.session = session
         self._signed_out = False
         self.view.reset_app()
-        self.view.show_app(user)
+        self.view.show_app(user, focus)
         session.unsubs.append(rt.on_mutation(self.on_mutation))
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
@@ -140,7 +175,7 @@ class DashboardApp:
         self.end_session()
         storage.clear()
         self.view.reset_app()
-        self.view.show_login()
+        self.view.show_login(focus=True)
         self.render_status()
 
     async def login(self, username, password):
@@ -169,17 +204,19 @@ class DashboardApp:
             self.view.login_failed("The server sent an unexpected answer.")
             return
         storage.save(token, data.get("user") or {"name": username})
-        self.start_session(storage.user())
+        self.start_session(storage.user(), focus=True)
 
     # -- rendering -------------------------------------------------------------------------
 
     def render_status(self):
         session = self.session
-        status = session.rt.status if session is not None else {"state": "idle", "attempt": 0}
+        status = session.link.status if session is not None else {"state": "idle", "attempt": 0}
         badge = presenter.connection_badge(status, _to_wall, self.tz)
         fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
+        self.view.role(status.get("role"))
+        self.details.render(Shown(session.link.status, session.link.shown_stats) if session is not None else None)
         if session is not None and status.get("state") == "auth-required" and not self._signed_out:
             self._signed_out = True
             storage.forget_token()
@@ -190,13 +227,13 @@ class DashboardApp:
         if data is not None:
             self.projects = list(data)
         if not self.projects and _entry(entry, "state") == "error":
-            self.view.projects_html('<p class="empty error">Could not load projects: %s</p>'
-                                    % presenter.escape(_entry(entry, "error", "")))
+            message = "Could not load projects: %s" % presenter.escape(_entry(entry, "error", ""))
+            self.view.projects_html('<p class="empty error">%s</p>' % message, '<option value="">%s</option>' % message)
             return
         if not self.projects and _entry(entry, "state") in ("idle", "loading"):
-            self.view.projects_html('<p class="empty">Loading projects…</p>')
+            self.view.projects_html('<p class="empty">Loading projects…</p>', '<option value="">Loading projects…</option>')
             return
-        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        self.render_projects()
         session = self.session
         if session is None:
             return
@@ -219,13 +256,19 @@ class DashboardApp:
             return
         self._close_detail()
         self.selected = pid
-        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        self.render_projects()
         self.view.board_html('<p class="empty">Loading stories…</p>')
         self.view.escalations_html('<li class="empty">Loading escalations…</li>')
         self.render_header()
         session.detail_unsubs.append(session.rt.watch(("stories", pid), self.on_stories))
         session.detail_unsubs.append(session.rt.watch(("escalations", pid), self.on_escalations))
         session.adapter.pump()
+
+    def render_projects(self):
+        self.view.projects_html(
+            presenter.project_cards_html(self.projects, self.selected),
+            presenter.project_options_html(self.projects, self.selected),
+        )
 
     def _close_detail(self):
         """Stop watching the open project's stories and escalations and forget them."""
@@ -314,7 +357,7 @@ class DashboardApp:
         elif session is None:
             return
         elif action == "retry":
-            session.rt.retry_now(now_ms())
+            session.link.retry_now(now_ms())
             session.adapter.pump()
         elif action == "open-project":
             pid = attr(target, "data-project-id")
@@ -340,7 +383,13 @@ class DashboardApp:
 
     def on_change(self, event):
         target = event.target
-        if attr(target, "data-action") != "move-story" or self.session is None or self.selected is None:
+        action = attr(target, "data-action")
+        if action == "pick-project" and self.session is not None:
+            pid = text(target.value)
+            if pid and pid != self.selected:
+                self.open_project(pid)
+            return
+        if action != "move-story" or self.session is None or self.selected is None:
             return
         story_id = _as_id(attr(target, "data-story-id"))
         to = text(target.value)

@@ -143,6 +143,9 @@ DESCRIBE = {
     "subscribed": _subscribed,
     "gap": lambda r: ("warn", "Missed events of " + str(r.get("projectId")) + "; refetching"),
     "epoch": lambda r: ("warn", str(r.get("projectId")) + " restarted its event numbering; refetching"),
+    # in-band token refresh (Runtime.send_auth)
+    "auth-sent": _fixed("debug", "Sent a refreshed token on the open connection"),
+    "auth-accepted": _fixed("info", "The server took the refreshed token; the connection stays"),
     # client/tabs.py: one socket shared by every tab
     "tabs.role": _tabs_role,
     "tabs.leader-left": _fixed("info", "The tab holding the connection left; the next one takes over"),

@@ -32,10 +32,6 @@ async def test_connections_total_counts_every_authenticated_handshake(live: Live
     assert live.metric("websocket_connections_total", {"status": "auth_failed"}) == refused + 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="enabled once backend/realtime/endpoint.py counts status=connected/disconnected (issue 16, realtime)",
-)
 async def test_connections_total_has_the_seeds_connected_and_disconnected_statuses(live: LiveServer) -> None:
     connected = live.metric("websocket_connections_total", {"status": "connected"})
     disconnected = live.metric("websocket_connections_total", {"status": "disconnected"})

@@ -84,6 +84,7 @@ class Settings:
     rate_limit_burst: int = 60
     send_queue_size: int = 256  # per-connection outbound queue; overflow closes 4008
     restart_window_ms: int = 5000  # clients spread their reconnect over this after SIGTERM
+    drain_delay_ms: int = 0  # after SIGTERM: /readyz 503 this long (load balancer notices) before the restart hint
     history_size: int = 1000
     history_ttl_s: float = 120.0
     bus_url: str = "memory://"
@@ -136,7 +137,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must be positive, got {getattr(self, name)!r}")
-        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms", "metrics_port"):
+        for name in ("jwt_leeway_s", "max_connections_per_user", "restart_window_ms", "drain_delay_ms", "metrics_port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DASHBOARD_{name.upper()} must not be negative, got {getattr(self, name)!r}")
         if self.reconnect_max_ms < self.reconnect_base_ms:

@@ -25,7 +25,7 @@ from ..auth import AuthError, verify_token
 from ..logs import log_event
 from ..metrics import Metrics
 from ..settings import Settings
-from . import frames
+from . import frames, leases
 from .hub import Hub, Refused
 from .outbox import Outbox
 from .session import (
@@ -352,6 +352,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         else:
             await _refuse(websocket, refused.code, refused.error, refused.message)
         return
+    if not await leases.admit(websocket, hub, outbox, user_id, client_id):  # the per-user cap across nodes
+        return
 
     now = time.monotonic()
     exp = claims.get("exp")
@@ -369,6 +371,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         await connection.run()
     finally:
         hub.disconnect(outbox)
+        leases.release(websocket, user_id, client_id)
         code = outbox.close_code if outbox.close_code is not None else connection.peer_code or 1006
         initiator = "server" if outbox.close_code is not None else "client"
         metrics.disconnects.labels(code=str(code)).inc()

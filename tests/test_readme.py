@@ -33,7 +33,9 @@ def test_readme_defaults_match_the_code() -> None:
         default = f.default
         if isinstance(default, bool):
             assert shown.startswith(f"`{int(default)}`"), (f.name, shown)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+        elif isinstance(default, int):
+            assert shown == f"`{default}`", (f.name, shown)
+        elif isinstance(default, float):
             assert shown == f"`{default:g}`", (f.name, shown)
         elif isinstance(default, str) and default:
             assert shown == f"`{default}`", (f.name, shown)

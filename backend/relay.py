@@ -208,6 +208,11 @@ class Relay:
             for earlier in missing:
                 waiting.setdefault(earlier.pseq, earlier)
             return
+        taken = await self.bus.last_pseq(row.project_id)
+        if taken is not None and taken > last:  # another node published (and marked) them meanwhile: not lost
+            for earlier in missing:
+                waiting.setdefault(earlier.pseq, earlier)
+            return
         # Numbers between were published once and are gone from the bus: clients cannot be told exactly what
         # they missed, so this project starts a new epoch (they refetch).
         for earlier in missing:

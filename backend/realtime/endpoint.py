@@ -45,6 +45,7 @@ from .session import (
 _log = logging.getLogger("dashboard")
 _counter = itertools.count(1)
 _background: set[asyncio.Future[None]] = set()  # membership re-checks of async stores in flight
+TRY_AGAIN_LATER = 1013  # the store could not check the user: the client retries with a long backoff
 
 
 def _client_id() -> str:
@@ -261,7 +262,14 @@ class _Connection:
     async def _subscribe(self, command: Subscribe) -> None:
         session, outbox, hub = self.session, self.outbox, self.hub
         project_id = command.project_id
-        if not await self._is_member(project_id):  # checked on every subscribe, repeated ones too
+        try:
+            member = await self._is_member(project_id)  # checked on every subscribe, repeated ones too
+        except Exception:  # the store could not answer: not a refusal, the client retries the subscribe
+            _log.exception("membership check failed")
+            outbox.push(frames.error("unavailable", "could not check the membership; retry the subscribe later",
+                                     projectId=project_id))
+            return
+        if not member:
             if hub.unsubscribe(outbox, project_id):
                 session.subscriptions.discard(project_id)
             outbox.push(frames.error("forbidden", "not a member of this project", projectId=project_id))
@@ -285,13 +293,9 @@ class _Connection:
         session.subscriptions.add(project_id)
 
     async def _is_member(self, project_id: str) -> bool:
-        try:
-            result = self.store.is_member(self.session.user_id, project_id)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception:
-            _log.exception("membership check failed")
-            return False
+        result = self.store.is_member(self.session.user_id, project_id)
+        if inspect.isawaitable(result):
+            result = await result
         return bool(result)
 
 
@@ -335,6 +339,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         metrics.connections_total.labels(status="auth_failed").inc()
         log_event("ws.auth_failed", logging.WARNING, reason=reason, via="subprotocol" if subprotocol else "query")
         await _refuse(websocket, frames.AUTH_FAILED, "Authentication failed", reason)
+        return
+    except Exception as exc:  # the store could not answer (down, or its pool saturated): come back later
+        metrics.connections_total.labels(status="refused").inc()
+        log_event("ws.refused", logging.WARNING, code=TRY_AGAIN_LATER, reason="user lookup failed", error=type(exc).__name__)
+        await _refuse(websocket, TRY_AGAIN_LATER, "unavailable", "could not check the user; try again later")
         return
 
     client_id = _client_id()

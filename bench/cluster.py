@@ -218,6 +218,8 @@ NODE_DEFAULTS = {
     "DASHBOARD_LOG_LEVEL": "warning",
     "DASHBOARD_DRAIN_DELAY_MS": "2000",  # covers PROXY_CHECK_INTER 1s + (fall 2 - 1) x fastinter 250ms
     "DASHBOARD_TRUSTED_PROXIES": HOST,  # HAProxy connects from 127.0.0.1: believe its X-Forwarded-For
+    # Each node takes half the clients of a node that stops: their handshakes and subscribes check the database.
+    "DASHBOARD_DATABASE_POOL_SIZE": "20",
 }
 
 
@@ -242,6 +244,7 @@ class Cluster:
         self.demo = demo
         self.jwt_secret = secrets.token_urlsafe(48)
         self.postgres: Any = None
+        self.database_url = ""
         self.redis: Any = None
         self.nodes: list[Node] = []
         self.proxy: HAProxy | None = None
@@ -278,7 +281,7 @@ class Cluster:
             raise RuntimeError("haproxy is not installed (make test installs Debian's haproxy package)")
         self.postgres = PostgresServer()
         self.postgres.start()
-        database_url = self.postgres.create_database("dashboard")
+        database_url = self.database_url = self.postgres.create_database("dashboard")
         self.redis = RedisServer(appendonly=True).start()
         env = dict(NODE_DEFAULTS)
         env.update({

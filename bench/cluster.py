@@ -74,14 +74,20 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class Node:
-    """One `python -m backend serve` process on a fixed port; restartable on that port."""
+def serve_argv(port: int) -> list[str]:
+    return [sys.executable, "-m", "backend", "serve", "--host", HOST, "--port", str(port)]
 
-    def __init__(self, name: str, port: int, env: dict[str, str], log: Path) -> None:
+
+class Node:
+    """One `python -m backend serve` process (or `argv(port)`) on a fixed port; restartable on that port."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log: Path,
+                 argv: Callable[[int], list[str]] | None = None) -> None:
         self.name = name
         self.port = port
         self.env = env
         self.log = log
+        self.argv = argv or serve_argv
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -100,8 +106,8 @@ class Node:
         assert not self.alive(), f"{self.name} already runs"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "backend", "serve", "--host", HOST, "--port", str(self.port)],
-                cwd=ROOT, env=_clean_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv(self.port), cwd=ROOT, env=_clean_env(self.env), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.starts += 1
         if wait:
@@ -231,7 +237,8 @@ class Cluster:
     """
 
     def __init__(self, *, nodes: int = 2, proxy_port: int | None = None, node_env: dict[str, str] | None = None,
-                 proxy_env: dict[str, str] | None = None, workdir: Path | None = None, demo: bool = True) -> None:
+                 proxy_env: dict[str, str] | None = None, workdir: Path | None = None, demo: bool = True,
+                 node_argv: Callable[[int], list[str]] | None = None) -> None:
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="dashboard-cluster-")
@@ -242,6 +249,7 @@ class Cluster:
         self.node_env = dict(node_env or {})
         self.proxy_env = dict(proxy_env or {})
         self.demo = demo
+        self.node_argv = node_argv
         self.jwt_secret = secrets.token_urlsafe(48)
         self.postgres: Any = None
         self.database_url = ""
@@ -292,7 +300,7 @@ class Cluster:
             "DASHBOARD_DEMO": "1" if self.demo else "0",
         })
         env.update(self.node_env)
-        self.nodes = [Node(f"node{i + 1}", free_port(), env, self.workdir / f"node{i + 1}.log")
+        self.nodes = [Node(f"node{i + 1}", free_port(), env, self.workdir / f"node{i + 1}.log", self.node_argv)
                       for i in range(self.node_count)]
         # The first node applies the migrations and seeds the demo data; the others find both done.
         self.nodes[0].start()

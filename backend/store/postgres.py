@@ -30,6 +30,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection left mid-operation by a server restart ("cannot switch to state …; another operation is in
+    # progress"): unusable now, replaced by the pool; the caller retries.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )
 

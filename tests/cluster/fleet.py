@@ -61,6 +61,12 @@ class FleetClient(HeadlessClient):
             self.dial_times.append(time.monotonic())
         super().run(command)
 
+    def ready(self) -> bool:
+        """Live, subscribed to every project (a change made before that is not owed to this client) and every board
+        loaded."""
+        return self.state == "live" and all(
+            any(item[0] == "s" for item in self.timeline[p]) and self.board(p) is not None for p in self.projects)
+
     def board(self, project: str) -> dict[str, str] | None:
         entry = self.rt.cache.get(("stories", project))
         data = getattr(entry, "data", None)
@@ -147,7 +153,7 @@ class FleetWorker(Worker):
             states: dict[str, int] = {}
             for c in self.clients:
                 states[c.state] = states.get(c.state, 0) + 1
-            ready = sum(1 for c in self.fleet() if c.state == "live" and all(c.board(p) is not None for p in c.projects))
+            ready = sum(1 for c in self.fleet() if c.ready())
             return {"states": states, "ready": ready, "clients": len(self.clients)}
         if cmd == "mark":
             return {"now": time.monotonic()}

@@ -288,7 +288,8 @@ def fleet(cluster: Cluster) -> Iterator[Fleet]:
             worker.call(cmd="start", count=share, first_index=i * share, url=cluster.ws_url, origin=cluster.url,
                         http_base=cluster.url, tokens=tokens, projects=PROJECTS, project=PROJECTS[0],
                         config=config, seed=1100 + i, start_spread_s=3.0)
-        wait_for(lambda: running.ready() == CLIENTS, 90, "300 clients live with both boards loaded", interval_s=0.25)
+        wait_for(lambda: running.ready() == CLIENTS, 90, "300 clients live, subscribed, both boards loaded",
+                 interval_s=0.25)
         yield running
     finally:
         for worker in workers:

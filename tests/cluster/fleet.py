@@ -122,6 +122,7 @@ class FleetClient(HeadlessClient):
         out["states_since"] = sorted(set(states))
         out["live_at"] = next((t for t, s in self.states if t >= since and s == "live"), None)
         out["left_live_at"] = next((t for t, s in self.states if t >= since and s != "live"), None)
+        out["drops"] = [t for (t, s), (_, before) in zip(self.states[1:], self.states) if t >= since and before == "live"]
         out["dials_since"] = [t for t in self.dial_times if t >= since]
         out["stats"] = self.rt.stats
         return out

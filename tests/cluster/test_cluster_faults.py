@@ -333,6 +333,8 @@ class Outcome:
     def assert_no_loss(self) -> None:
         """Zero loss and zero repeats; a resync must come with a refetch, and every board is right."""
         assert self.driver.unsettled == [], f"changes never answered: {self.driver.unsettled[:5]}"
+        errors = {k: v for k, v in self.driver.answers.items() if k.startswith(("500", "501")) or "other" in k}
+        assert errors == {}, f"server errors or non-JSON errors: {errors}"
         assert len(self.clients) == CLIENTS
         bad = [c for c in self.clients if c["gaps"] or c["missing_uncovered"] or c["boards_wrong"]
                or c["resync_without_refetch"] or c["stats"].get("duplicates", 0) or c["stats"].get("gaps", 0)]
@@ -397,14 +399,12 @@ def test_rolling_restart_of_both_nodes_loses_nothing_and_spreads_the_reconnects(
 
     def roll(info: dict[str, Any]) -> None:
         for node in cluster.nodes:
-            held = int(next(r["scur"] for r in proxy.stats() if r["pxname"] == "nodes" and r["svname"] == node.name))
             signalled = time.monotonic()
             assert node.term(timeout_s=30) is not None
-            restarts.append((node.name, signalled, held))
+            restarts.append((node.name, signalled))
             node.start()
             proxy.wait_status(node.name, "UP", 30)
             fleet.wait_all_live(90, f"after {node.name} restarted")
-        info["restarts"] = [(name, held) for name, _, held in restarts]
 
     outcome = run_scenario(cluster, fleet, roll)
     outcome.assert_no_loss()
@@ -412,14 +412,16 @@ def test_rolling_restart_of_both_nodes_loses_nothing_and_spreads_the_reconnects(
     suspended = [c["idx"] for c in outcome.clients if "suspended" in c["states_since"]]
     assert suspended == [], f"clients went suspended: {suspended[:10]}"
     dials = sorted(t for c in outcome.clients for t in c["dials_since"])
-    for name, signalled, held in restarts:
+    for name, signalled in restarts:
         hint = signalled + DRAIN_DELAY_S  # the restart hint goes out after the drain delay
-        window = [t for t in dials if hint - 0.5 <= t < hint + RESTART_WINDOW_S + 2]
-        bins = _bins(window, hint - 0.5, hint + RESTART_WINDOW_S + 2)
-        uniform = held * 0.1 / RESTART_WINDOW_S  # dials per 100 ms if spread evenly over the window
-        print(f"{name}: {held} sockets moved, {len(window)} dials, peak {max(bins)} per 100 ms (even spread "
+        start, end = hint - 0.5, hint + RESTART_WINDOW_S + 2
+        moved = sum(1 for c in outcome.clients if any(start <= t < hint + 1 for t in c["drops"]))
+        window = [t for t in dials if start <= t < end]
+        bins = _bins(window, start, end)
+        uniform = moved * 0.1 / RESTART_WINDOW_S  # dials per 100 ms if spread evenly over the window
+        print(f"{name}: {moved} clients moved, {len(window)} dials, peak {max(bins)} per 100 ms (even spread "
               f"{uniform:.1f}); bins {bins}")
-        assert len(window) >= held * 0.9, f"{name}: the moved clients did not redial in the window"
+        assert moved > 0 and len(window) >= moved, f"{name}: the moved clients did not redial in the window"
         assert max(bins) <= 3 * uniform + 4, f"{name}: reconnects not spread over the restart window: {bins}"
 
 

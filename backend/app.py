@@ -20,10 +20,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from . import api, demo
-from .bytecode import mpy_route
+from .bytecode import mpy_mount
 from .bus import EventBus, from_url
 from .logs import log_event
 from .metrics import Metrics
+from .page_policy import PagePolicy
 from .realtime.endpoint import realtime_endpoint
 from .realtime.hub import Hub
 from .realtime.leases import UserLeases
@@ -35,17 +36,6 @@ from .store import Store, open_store
 
 READY_CHECK_TIMEOUT_S = 2.0
 ROOT = Path(__file__).resolve().parent.parent
-# The page may talk to its own origin only (REST and WebSocket); PyScript needs eval and WebAssembly compilation.
-PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:; "
-        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 NODE_MODULES = ROOT / "node_modules"
 VENDOR = {
     "pyscript": NODE_MODULES / "@pyscript" / "core" / "dist",
@@ -121,8 +111,10 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
                 await store.close()
             log_event("server.stop")
 
+    page_policy = PagePolicy(ROOT / "index.html")  # CSP hashes of the page's inline scripts, computed at start-up
+
     async def index(request: Request) -> Response:
-        return FileResponse(ROOT / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(ROOT / "index.html", headers=page_policy.headers(request.query_params.get("runtime")))
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings.client_config())
@@ -167,7 +159,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
         Route("/metrics", metrics_endpoint),
         *api.routes(),
         WebSocketRoute(settings.ws_path, realtime_endpoint),
-        mpy_route(ROOT / "web" / "client"),
+        mpy_mount(ROOT / "web" / "client"),  # compiled now, at start-up; served as static files
         Mount("/web", app=StaticFiles(directory=ROOT / "web", check_dir=False), name="web"),
     ]
     for name, directory in VENDOR.items():

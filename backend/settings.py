@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MIN_SECRET_BYTES = 32
+# DASHBOARD_RECONNECT_JITTER -> the client core's `backoff` option (web/client/backoff.py)
+RECONNECT_JITTER = {"full": "jitter", "none": "seed"}
 
 
 def _parse_bool(value: str) -> bool:
@@ -73,6 +75,8 @@ class Settings:
     reconnect_max_attempts: int = 10
     connect_timeout_ms: int = 10000
     suspended_retry_ms: int = 60000
+    reconnect: bool = True  # `off`: the browser makes no timed retries (Retry, `online` and a visible tab still dial)
+    reconnect_jitter: str = "full"  # `full` jitter, or `none`: the exact 1, 2, 4, 8, 16 s doubling table
     demo: bool = False
     demo_activity: bool = False
     demo_activity_interval_ms: int = 4000
@@ -142,6 +146,8 @@ class Settings:
                 raise ValueError(f"DASHBOARD_{name.upper()} must not be negative, got {getattr(self, name)!r}")
         if self.reconnect_max_ms < self.reconnect_base_ms:
             raise ValueError("DASHBOARD_RECONNECT_MAX_MS must be at least DASHBOARD_RECONNECT_BASE_MS")
+        if self.reconnect_jitter not in RECONNECT_JITTER:
+            raise ValueError(f"DASHBOARD_RECONNECT_JITTER must be one of {', '.join(RECONNECT_JITTER)}, got {self.reconnect_jitter!r}")
         if not self.ws_path.startswith("/"):
             raise ValueError("DASHBOARD_WS_PATH must start with /")
 
@@ -186,4 +192,6 @@ class Settings:
             "connectTimeoutMs": self.connect_timeout_ms,
             "suspendedRetryMs": self.suspended_retry_ms,
             "restartWindowMs": self.restart_window_ms,
+            "backoff": RECONNECT_JITTER[self.reconnect_jitter],
+            "reconnect": self.reconnect,
         }

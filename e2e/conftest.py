@@ -7,11 +7,16 @@ for the whole session and gives each test a fresh context and page.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import urllib.request
+
 import pytest
 from playwright.sync_api import expect
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, Api, DashboardServer
+from .harness import CHROMIUM, CHROMIUM_ARGS, Api, DashboardServer, end_process, free_port, wait_until
 from .pages import UI_TIMEOUT_MS
+from .wslog import WsLog
 
 
 def pytest_configure(config):
@@ -65,3 +70,45 @@ def console_lines(page):
     lines: list[str] = []
     page.on("console", lambda msg: lines.append(msg.text))
     return lines
+
+
+def _devtools_ready(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=1) as response:
+            return "webSocketDebuggerUrl" in json.loads(response.read())
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def cdp_browser(playwright, tmp_path):
+    """A headless Chromium this test starts itself, attached over CDP. Unlike the browser pytest-playwright
+    launches, its pages really get hidden (another tab in front), frozen and resumed, and it keeps the
+    back/forward cache (Playwright launches Chromium with `--disable-back-forward-cache`)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless",
+            f"--remote-debugging-port={port}",
+            "--remote-debugging-address=127.0.0.1",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *CHROMIUM_ARGS,
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _devtools_ready(port), 20, message="Chromium DevTools endpoint")
+        browser = playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", no_defaults=True)
+        yield browser
+        browser.close()
+    finally:
+        end_process(proc)
+
+
+@pytest.fixture
+def ws_log(page):
+    """The page's `[WebSocket]` console lines and their structured records (e2e/wslog.py)."""
+    return WsLog(page)

@@ -10,6 +10,7 @@ from .harness import USERS, DashboardServer
 
 UI_TIMEOUT_MS = 10_000
 BOOT_TIMEOUT_MS = 30_000
+STATUSES = ["todo", "in_progress", "review", "done", "blocked"]
 
 
 def open_dashboard(page: Page, base_url: str, query: str = "", timeout_ms: int = BOOT_TIMEOUT_MS) -> None:
@@ -41,6 +42,14 @@ def story(page: Page, story_id) -> Locator:
     return page.locator(f'[data-testid="story"][data-story-id="{story_id}"]')
 
 
+def escalation(page: Page, escalation_id) -> Locator:
+    return page.locator(f'[data-testid="escalation"][data-escalation-id="{escalation_id}"]')
+
+
+def next_status(current: str) -> str:
+    return STATUSES[(STATUSES.index(current) + 1) % len(STATUSES)]
+
+
 def only_localhost(urls: list[str]) -> list[str]:
     """The URLs that left 127.0.0.1/localhost (data: URLs are local)."""
     bad = []
@@ -55,8 +64,13 @@ def only_localhost(urls: list[str]) -> list[str]:
 
 
 def open_project(page: Page, project_id: str) -> None:
+    """Click the project's card, or on a phone (where the cards give way to a compact picker) pick it."""
     card = page.locator(f'[data-testid="project-card"][data-project-id="{project_id}"]')
-    card.click()
+    card.wait_for(state="attached")
+    if card.is_visible():
+        card.click()
+    else:
+        page.get_by_test_id("project-select").select_option(project_id)
     expect(card).to_have_attribute("aria-pressed", "true")
     expect(page.get_by_test_id("story").first).to_be_visible()
 

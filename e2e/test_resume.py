@@ -15,113 +15,22 @@ Every change through `backend.changes` publishes two events (the change, then `p
 
 from __future__ import annotations
 
-import json
-import time
-from urllib.parse import urlsplit
-
 import pytest
-from playwright.sync_api import Locator, Page, Route, expect
+from playwright.sync_api import Route, expect
 
-from .pages import UI_TIMEOUT_MS, events, login_live, status, story
+from .pages import escalation, events, login_live, next_status, status, story
+from .records import EVENTS_PER_CHANGE, PROJECTS, ApiTraffic, alice_projects, logged_events, wait_for_subscribed
 
-STATUSES = ["todo", "in_progress", "review", "done", "blocked"]
-EVENTS_PER_CHANGE = 2  # the change itself, then `project.updated` (backend/changes.py)
-QUIET_MS = 1000  # > 3 x the client's 250 ms invalidation window: no refetch can still be on its way
 STORIES = "/api/projects/apollo/stories"
 ESCALATIONS = "/api/projects/apollo/escalations"
-PROJECTS = "/api/projects"
 
 
-class ApiTraffic:
-    """The page's REST requests (`/api/...`) in the order they started, and those still in flight."""
-
-    def __init__(self, page: Page) -> None:
-        self.started: list[tuple[str, str]] = []
-        self.in_flight: set = set()
-        self.last_activity = time.monotonic()
-        page.on("request", self._started)
-        page.on("requestfinished", self._ended)
-        page.on("requestfailed", self._ended)
-
-    def _started(self, request) -> None:
-        path = urlsplit(request.url).path
-        if path.startswith("/api/"):
-            self.started.append((request.method, path))
-            self.in_flight.add(request)
-            self.last_activity = time.monotonic()
-
-    def _ended(self, request) -> None:
-        if request in self.in_flight:
-            self.in_flight.discard(request)
-            self.last_activity = time.monotonic()
-
-    def mark(self) -> int:
-        return len(self.started)
-
-    def gets_since(self, mark: int) -> list[str]:
-        return [path for method, path in self.started[mark:] if method == "GET"]
-
-    def wait_quiet(self, page: Page, timeout_ms: int = UI_TIMEOUT_MS, held: bool = False) -> None:
-        """Wait until no REST request is in flight (unless `held`: they are being held on purpose) and
-        none started or ended for `QUIET_MS`.
-
-        Used before a fault, so that no fetch of the page is cut by it (a fetch that fails is
-        legitimately retried when the link is back and would blur what the resume itself caused), and
-        to let every coalesced refetch be issued before the requests are counted."""
-        start = time.monotonic()
-        deadline = start + timeout_ms / 1000
-        while time.monotonic() < deadline:
-            quiet_since = max(start, self.last_activity)  # silence counts from this call on
-            if (held or not self.in_flight) and time.monotonic() - quiet_since >= QUIET_MS / 1000:
-                return
-            page.wait_for_timeout(50)
-        raise AssertionError(f"the page's REST traffic did not settle: {self.started[-10:]}, {len(self.in_flight)} in flight")
-
-
-def ws_records(lines: list[str], event: str, start: int = 0) -> list[dict]:
-    """Parsed `[WebSocket] <event> {...}` console records, from line index `start` on."""
-    prefix = "[WebSocket] " + event + " "
-    return [json.loads(line[len(prefix) :]) for line in lines[start:] if line.startswith(prefix)]
-
-
-def wait_for_subscribed(page: Page, lines: list[str], project_ids, start: int = 0, timeout_ms: int = UI_TIMEOUT_MS) -> dict:
-    """Wait for one `subscribed` record per project (logged from console line `start` on); {project: record}."""
-    deadline = time.monotonic() + timeout_ms / 1000
-    while True:
-        found = {r["projectId"]: r for r in ws_records(lines, "subscribed", start)}
-        if all(pid in found for pid in project_ids):
-            return found
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no `subscribed` record for {set(project_ids) - set(found)}; records: {found}")
-        page.wait_for_timeout(50)
-
-
-def logged_events(page: Page) -> list[tuple[str, str, int]]:
-    """(event type, project, seq) of every event-log entry, oldest first."""
-    items = events(page).evaluate_all("els => els.map(e => [e.dataset.eventType, e.dataset.projectId, e.dataset.seq])")
-    return [(kind, pid, int(seq)) for kind, pid, seq in reversed(items)]
-
-
-def escalation(page: Page, escalation_id) -> Locator:
-    return page.locator(f'[data-testid="escalation"][data-escalation-id="{escalation_id}"]')
-
-
-def next_status(current: str) -> str:
-    return STATUSES[(STATUSES.index(current) + 1) % len(STATUSES)]
-
-
-def alice_projects(api) -> list[str]:
-    response = api.client.get("/api/projects")
-    response.raise_for_status()
-    return [project["id"] for project in response.json()]
-
-
-def test_offline_gap_is_replayed_not_refetched(page, context, server, api, console_lines):
+def test_offline_gap_is_replayed_not_refetched(page, context, server, api, ws_log):
     traffic = ApiTraffic(page)
     login_live(page, server)
     projects = alice_projects(api)
     assert "apollo" in projects and len(projects) >= 2
-    wait_for_subscribed(page, console_lines, projects)
+    wait_for_subscribed(page, ws_log, projects)
     warmup = sorted(api.stories("apollo"), key=lambda s: s["id"])[-1]
     api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is past 0
     expect(events(page)).to_have_count(EVENTS_PER_CHANGE)
@@ -155,7 +64,7 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
                 route.continue_()
 
         page.route("**/api/**", hold)
-        mark_req, mark_log = traffic.mark(), len(console_lines)
+        mark_req, mark_log = traffic.mark(), len(ws_log)
     finally:
         context.set_offline(False)
     expect(status(page)).to_have_attribute("data-state", "live", timeout=5000)
@@ -168,12 +77,12 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
     assert len(traffic.in_flight) == len(traffic.started) - mark_req  # no REST answer since reconnecting
 
     # the server replayed the gap: one `subscribed` per project, with `since`, recovered
-    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    again = wait_for_subscribed(page, ws_log, projects, start=mark_log)
     assert again["apollo"]["recovered"] is True, again["apollo"]
     assert (again["apollo"]["replayed"], again["apollo"]["seq"]) == (missed, position + missed), again["apollo"]
     for pid in projects:
         assert again[pid]["recovered"] is True, again[pid]
-    assert not ws_records(console_lines, "gap", mark_log) and not ws_records(console_lines, "epoch", mark_log)
+    assert not ws_log.records("gap", mark_log) and not ws_log.records("epoch", mark_log)
 
     # the event log gained exactly the missed events, in order, each once
     gained = logged_events(page)[len(logged_before) :]
@@ -203,14 +112,14 @@ def test_offline_gap_is_replayed_not_refetched(page, context, server, api, conso
 
 
 @pytest.mark.server_env(DASHBOARD_SUSPENDED_RETRY_MS="600000")
-def test_server_restart_is_not_recovered_and_refetches(page, server, api, console_lines):
+def test_server_restart_is_not_recovered_and_refetches(page, server, api, ws_log):
     # With 3 fast attempts the page is `suspended` within seconds of the kill and, with a 10-minute
     # suspended retry, dials again only when Retry is pressed: the changes below are all made on the
     # restarted server before the page reconnects, with no race.
     traffic = ApiTraffic(page)
     login_live(page, server)
     projects = alice_projects(api)
-    wait_for_subscribed(page, console_lines, projects)
+    wait_for_subscribed(page, ws_log, projects)
     stories = sorted(api.stories("apollo"), key=lambda s: s["id"])
     warmup = stories[-1]
     api.move_story(warmup["id"], next_status(warmup["status"]))  # a live change: the position is now past 0
@@ -231,11 +140,11 @@ def test_server_restart_is_not_recovered_and_refetches(page, server, api, consol
     head = EVENTS_PER_CHANGE * (len(moved) + 1)  # the new bus numbers apollo's events from 1 again
     expect(status(page)).to_have_attribute("data-state", "suspended")  # still away: no dial without Retry
 
-    mark_req, mark_log = traffic.mark(), len(console_lines)
+    mark_req, mark_log = traffic.mark(), len(ws_log)
     page.get_by_test_id("retry-button").click()
     expect(status(page)).to_have_attribute("data-state", "live")
 
-    again = wait_for_subscribed(page, console_lines, projects, start=mark_log)
+    again = wait_for_subscribed(page, ws_log, projects, start=mark_log)
     for pid in projects:
         assert again[pid]["recovered"] is False and again[pid]["replayed"] == 0, again[pid]
     assert again["apollo"]["seq"] == head, (again["apollo"], old_position)

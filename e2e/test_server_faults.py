@@ -1,12 +1,10 @@
 """Server faults: SIGKILL, SIGTERM (graceful restart), SIGSTOP (hung) and a server that stays down."""
 
-import json
-
 import pytest
 from playwright.sync_api import expect
 
 from .harness import pick_move
-from .pages import events, login_live, status, story, wait_for_line
+from .pages import events, login_live, status, story
 
 RECOVERY_MS = 20_000
 
@@ -18,12 +16,6 @@ def move_and_see_it(page, api, project_id="apollo"):
     api.move_story(target["id"], to)
     expect(story(page, target["id"])).to_have_attribute("data-status", to)
     expect(events(page, "story.status.changed")).to_have_count(before + 1)
-
-
-def ws_logs(lines, event):
-    """Parsed `[WebSocket] <event> {...}` console records for one event name."""
-    prefix = "[WebSocket] " + event + " "
-    return [json.loads(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
 
 
 @pytest.mark.server_env(DASHBOARD_RECONNECT_MAX_ATTEMPTS="30")
@@ -43,16 +35,16 @@ def test_sigkill_then_restart_on_same_port_goes_live_and_resubscribes(page, serv
 
 
 @pytest.mark.server_env(DASHBOARD_RESTART_WINDOW_MS="3000", DASHBOARD_RECONNECT_MAX_ATTEMPTS="30")
-def test_sigterm_restart_hint_is_honoured(page, server, api, console_lines):
+def test_sigterm_restart_hint_is_honoured(page, server, api, ws_log):
     login_live(page, server)
     server.terminate()
     expect(status(page)).to_have_attribute("data-close-code", "1012")
-    wait_for_line(page, console_lines, "[WebSocket] fail ")
-    hints = ws_logs(console_lines, "restart-hint")
+    ws_log.wait_for("fail")
+    hints = ws_log.records("restart-hint")
     # (a retry that lands while the old process still drains may get a second hint)
     assert hints and all(hint["delayMs"] == 3000 for hint in hints)
     # the first retry after the 1012 close is scheduled inside the hinted window
-    retries = [r for r in ws_logs(console_lines, "fail") if r.get("closeCode") == 1012]
+    retries = [r for r in ws_log.records("fail") if r.get("closeCode") == 1012]
     assert retries and 0 <= retries[0]["delayMs"] <= 3000
 
     server.restart()

@@ -40,7 +40,7 @@ def test_malformed_frame_does_not_disconnect_and_later_events_still_arrive(page,
     expect(events(page, "story.status.changed")).to_have_count(1)
     expect(status(page)).to_have_attribute("data-state", "live")
     assert len(proxy.sockets) == 1  # never reconnected
-    wait_for_line(page, console_lines, "[WebSocket] bad-frame ")
+    wait_for_line(page, console_lines, "[WebSocket] Ignored an invalid frame")
 
 
 def test_close_4401_requires_sign_in_without_reconnect_loop(page, server):

@@ -83,3 +83,36 @@ def test_client_config_carries_the_client_timings() -> None:
     assert config["reconnectBaseMs"] == 50
     assert config["wsPath"] == "/ws/status-updates"
     assert "jwtSecret" not in config and all("secret" not in key.lower() for key in config)
+
+
+@pytest.mark.parametrize(("raw", "mode"), [("full", "jitter"), ("none", "seed")])
+def test_reconnect_jitter_reaches_the_client_as_its_backoff_mode(raw: str, mode: str) -> None:
+    config = Settings.from_env({"DASHBOARD_RECONNECT_JITTER": raw}).client_config()
+    assert config["backoff"] == mode
+
+
+def test_reconnect_jitter_defaults_to_full_and_refuses_other_values() -> None:
+    assert Settings().client_config()["backoff"] == "jitter"
+    with pytest.raises(ValueError, match="DASHBOARD_RECONNECT_JITTER must be one of full, none"):
+        Settings.from_env({"DASHBOARD_RECONNECT_JITTER": "some"})
+
+
+@pytest.mark.parametrize(("raw", "value"), [("on", True), ("off", False)])
+def test_reconnect_on_off_reaches_the_client(raw: str, value: bool) -> None:
+    assert Settings.from_env({"DASHBOARD_RECONNECT": raw}).client_config()["reconnect"] is value
+    assert Settings().client_config()["reconnect"] is True
+
+
+def test_the_client_core_reads_both_options_from_api_config(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from backend.app import create_app
+    from client.backoff import Backoff
+    from client.config import ClientConfig
+
+    settings = Settings(db=":memory:", jwt_secret="s" * 40, var_dir=str(tmp_path), reconnect=False, reconnect_jitter="none")
+    with TestClient(create_app(settings)) as client:
+        config = ClientConfig(client.get("/api/config").json())
+    assert config.reconnect is False and config.backoff_mode == "seed"
+    table = Backoff(config.reconnect_base_ms, config.reconnect_max_ms, config.reconnect_floor_ms, config.backoff_mode)
+    assert table.schedule(6) == [1000, 2000, 4000, 8000, 16000, 16000]

@@ -7,6 +7,7 @@ trace line; `main()` prints them. test_portable.py runs it under both and compar
 
 import json
 
+from client import logtext
 from client.runtime import Runtime
 
 CONFIG = {
@@ -102,6 +103,8 @@ class Scenario:
             elif kind == "log":
                 rec = cmd[1]
                 self.emit("  log " + canon(rec))
+                level, text = logtext.line(rec)
+                self.emit("  console." + level + " " + canon(text) + " " + canon(logtext.fields(rec)))
             else:
                 self.emit("  " + canon(list(cmd)))
         self.emit("  timer " + canon(self.rt.get_timer()))
@@ -173,6 +176,9 @@ def run(emit):
     s.reply("/apollo/stories", 200, [story(1, "todo", 10), story(2, "todo", 11)])
     s.reply("/api/projects/apollo", 200, {"id": "apollo", "name": "Apollo", "counts": {"todo": 2, "done": 0, "openEscalations": 0}, "updatedAt": 5})
     s.server({"type": "ping"})
+    s.advance(40)
+    s.server({"type": "pong"})  # our own ping's answer: the round trip
+    emit("  link " + canon([rt.connection.client_id, rt.connection.rtt_ms]))
     s.event(4, "review", 20)
     s.event(4, "review", 20)  # duplicate
     s.event(7, "done", 30, sid=2)  # gap
@@ -234,6 +240,17 @@ def run(emit):
     rt.network_changed(True, s.now)
     s.drain()
     s.handshake()
+    s.step("page frozen (pagehide/freeze): close 4001, nothing runs; back (pageshow/resume): dial at once, since, no hello")
+    rt.lifecycle_changed(True, s.now)
+    s.drain()
+    s.advance(120000)
+    rt.lifecycle_changed(False, s.now)
+    s.drain()
+    s.handshake()
+    s.event(10, "review", 60, sid=1)
+    s.server({"type": "subscribed", "projectId": "apollo", "recovered": True, "replayed": 1, "seq": 10, "epoch": "e1"})
+    s.server({"type": "subscribed", "projectId": "zeus", "recovered": True, "replayed": 0, "seq": 4, "epoch": "e1"})
+    s.advance(300)
     s.step("connect timeout, then 4401 -> auth-required")
     s.close(1006)
     s.advance(2500)

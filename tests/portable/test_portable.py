@@ -43,7 +43,15 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         "connect timeout",
         '"state":"auth-required"',
         '"rolledBack":true',
+        '"event":"freeze"',  # page lifecycle: closed with 4001, then resumed at once
+        '"event":"resume"',
+        '"resumes":1',
         "own=true",
+        '"event":"closed"',
+        'console.warn "[WebSocket] Reconnecting in ',
+        'console.info "[WebSocket] Connected (attempt ',
+        'console.error "[WebSocket] No answer after 4 attempts; retrying every 10 s"',
+        'link ["c-1",40]',
     ):
         assert needle in text, needle
     assert first[-1].startswith("stats ")

@@ -179,6 +179,7 @@ async def test_a_server_killed_between_commit_and_publish_delivers_the_event_aft
                             "since": {"epoch": reply["epoch"], "seq": reply["seq"]}})
             listener = Listener(ws)
             await listener.until(lambda: listener.mutation_ids() == ["crash-1"], "the event committed before the crash")
+            await listener.until(lambda: any(f["type"] == "subscribed" for f in listener.frames), "the subscribe reply")
             subscribed = next(f for f in listener.frames if f["type"] == "subscribed")
             assert subscribed["recovered"] is True
             await listener.until(lambda: len(listener.events("project.updated")) >= 1, "its project update")

@@ -79,7 +79,8 @@ def test_every_transition_logs_a_structured_record():
         assert field in rec
     assert rec["state"] == "reconnecting" and rec["closeCode"] == 1006 and rec["attempt"] == 1
     assert rec["delayMs"] == 750 and rec["sinceLastMessageMs"] == 1000 and rec["hidden"] is False
-    assert [r["event"] for r in d.records()] == ["start", "open", "connected", "fail"]
+    assert [r["event"] for r in d.records()] == ["start", "open", "connected", "closed", "fail"]
+    assert d.records(event="closed")[0]["closeCode"] == 1006 and rec["maxAttempts"] == 10
 
 
 def test_first_connect_failure_retries_with_backoff():
@@ -309,7 +310,9 @@ def test_server_ping_is_answered_and_keeps_the_socket_alive():
     for _ in range(5):
         d.advance(30000)
         cmds = d.server({"type": "ping"})
-        assert d.sent(cmds) == [{"action": "pong"}]
+        assert d.sent(cmds) == [{"action": "pong"}, {"action": "ping"}]  # answered, and our own ping
+        d.advance(40)
+        d.server({"type": "pong"})
     assert d.state == "live"
 
 

@@ -148,3 +148,26 @@ def test_escalation_being_sent_is_marked_and_cannot_be_resolved_yet():
     html = presenter.escalations_html([placeholder])
     assert "sending…" in html and 'class="escalation open pending"' in html
     assert "resolve-escalation" not in html
+
+
+def test_project_picker_options_summarise_each_project_for_phones():
+    projects = [
+        {"id": "apollo", "name": "Apollo <x>", "counts": {"blocked": 1, "openEscalations": 2}},
+        {"id": "borealis", "name": "Borealis", "counts": {}},
+    ]
+    html = presenter.project_options_html(projects, selected_id="borealis")
+    assert re.findall(r'<option value="(\w+)"', html) == ["apollo", "borealis"]
+    assert "Apollo &lt;x&gt; · 1 blocked · 2 open escalations" in html
+    assert '<option value="borealis" selected>Borealis</option>' in html
+    assert presenter.project_options_html(projects).startswith('<option value="" selected>Pick a project</option>')
+    assert presenter.project_options_html([]) == '<option value="">No projects yet</option>'
+
+
+def test_every_control_on_the_board_and_escalations_has_a_name_that_says_what_it_acts_on():
+    board = presenter.board_html([{"id": 7, "title": "Fix <bug>", "status": "todo"}])
+    assert 'aria-label="Move story #7: Fix &lt;bug&gt;"' in board
+    assert '<h4 class="story-title">Fix &lt;bug&gt;</h4>' in board  # a heading per card, under the column's h3
+    assert '>1<span class="visually-hidden"> story</span>' in board
+    assert '>0<span class="visually-hidden"> stories</span>' in board
+    esc = presenter.escalations_html([{"id": 2, "title": "Key", "status": "open", "createdAt": 2}])
+    assert 'Resolve<span class="visually-hidden">: Key</span></button>' in esc

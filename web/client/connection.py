@@ -10,7 +10,9 @@ After every input the owner (runtime.py) drains the outbox and re-arms one timer
 when it fires it calls `handle_timer(now)`.
 
 Public states (what the UI shows) are the values of `PUBLIC`; two internal states ("waiting" for the
-next try and "redialing" while a retry is in flight) are both shown as "reconnecting".
+next try and "redialing" while a retry is in flight) are both shown as "reconnecting", and "frozen" (the page
+is frozen or kept in the back/forward cache, no socket, no timers) is shown as "connecting": it is only ever
+seen at the moment the page comes back, when it dials at once.
 """
 
 from . import tokens, wire
@@ -25,6 +27,7 @@ REDIALING = "redialing"  # a retry is in flight
 OFFLINE = "offline"
 SUSPENDED = "suspended"  # fast retries used up: slow periodic retries + instant wake-ups
 AUTH_REQUIRED = "auth-required"
+FROZEN = "frozen"  # page frozen or in the back/forward cache: socket closed with 4001, nothing runs until resumed
 
 PUBLIC = {
     IDLE: "idle",
@@ -35,6 +38,7 @@ PUBLIC = {
     OFFLINE: "offline",
     SUSPENDED: "suspended",
     AUTH_REQUIRED: "auth-required",
+    FROZEN: "connecting",
 }
 
 # events
@@ -48,19 +52,22 @@ NO_TOKEN = "no-token"  # token missing or expired: never dial
 GO_OFFLINE = "offline"
 SCHEDULE = "schedule"  # back online while hidden: the dial waits for the tab to be visible
 STOP = "stop"
+FREEZE = "freeze"  # pagehide / freeze: the socket is closed on purpose, no retries while frozen
+RESUME = "resume"  # pageshow (persisted) / resume: dial at once, no backoff
 
-_AFTER_SOCKET = {CONNECTED: LIVE, FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE}
-_WAITING_LIKE = {DIAL: REDIALING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE}
+_AFTER_SOCKET = {CONNECTED: LIVE, FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN}
+_WAITING_LIKE = {DIAL: REDIALING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN}
 
 TRANSITIONS = {
     IDLE: {START: CONNECTING, NO_TOKEN: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, AUTH_FAILED: AUTH_REQUIRED},
     CONNECTING: dict(_AFTER_SOCKET),
-    LIVE: {FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE},
+    LIVE: {FAIL: WAITING, EXHAUSTED: SUSPENDED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE, FREEZE: FROZEN},
     WAITING: dict(_WAITING_LIKE),
     REDIALING: dict(_AFTER_SOCKET),
     SUSPENDED: dict(_WAITING_LIKE),
     OFFLINE: {START: CONNECTING, DIAL: REDIALING, SCHEDULE: WAITING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, STOP: IDLE},
     AUTH_REQUIRED: {START: CONNECTING, NO_TOKEN: AUTH_REQUIRED, STOP: IDLE},
+    FROZEN: {RESUME: CONNECTING, NO_TOKEN: AUTH_REQUIRED, AUTH_FAILED: AUTH_REQUIRED, GO_OFFLINE: OFFLINE, STOP: IDLE},
 }
 
 DIALING = (CONNECTING, REDIALING)
@@ -82,6 +89,11 @@ CLOSE_CONNECT_TIMEOUT = 4100
 CLOSE_HEARTBEAT_TIMEOUT = 4101
 CLOSE_PROBE_TIMEOUT = 4102
 CLOSE_OFFLINE = 4103
+# The page is frozen or going into the back/forward cache. RFC 6455 says 1001 (going away), but
+# `WebSocket.close()` refuses 1001 (InvalidAccessError), so the page sends its mirror in the private range.
+CLOSE_GOING_AWAY = 4001
+
+MAX_PINGS_IN_FLIGHT = 4  # our own pings awaiting their pong; past that the link is not answering anyway
 
 
 def close_policy(code):
@@ -98,7 +110,7 @@ def close_policy(code):
 def transition_rows():
     """The table as markdown rows `| state | event | next |` (docs/client.md embeds them; a test checks)."""
     rows = ["| state | event | next state |", "|---|---|---|"]
-    for state in (IDLE, CONNECTING, LIVE, WAITING, REDIALING, SUSPENDED, OFFLINE, AUTH_REQUIRED):
+    for state in (IDLE, CONNECTING, LIVE, WAITING, REDIALING, SUSPENDED, OFFLINE, AUTH_REQUIRED, FROZEN):
         row = TRANSITIONS[state]
         for event in sorted(row):
             rows.append("| " + state + " | " + event + " | " + row[event] + " |")
@@ -128,7 +140,7 @@ class NoHooks:
 class Stats:
     """Counters exposed as `Runtime.stats` (see `as_dict`)."""
 
-    __slots__ = ("connects", "reconnects", "drops", "failed_attempts", "last_reconnect_ms", "max_reconnect_ms", "total_reconnect_ms", "messages", "bad_frames")
+    __slots__ = ("connects", "reconnects", "resumes", "drops", "failed_attempts", "last_reconnect_ms", "max_reconnect_ms", "total_reconnect_ms", "messages", "bad_frames")
 
     def __init__(self):
         for name in self.__slots__:
@@ -138,6 +150,7 @@ class Stats:
         return {
             "connects": self.connects,
             "reconnects": self.reconnects,
+            "resumes": self.resumes,
             "drops": self.drops,
             "failedAttempts": self.failed_attempts,
             "lastReconnectMs": self.last_reconnect_ms,
@@ -156,6 +169,7 @@ class Connection:
         "attempt", "retry_at", "deferred", "connect_deadline", "probe_deadline", "stable_at", "last_message_at",
         "watch_base", "heartbeat_ms", "restart_window", "hidden", "online", "close_code", "close_reason",
         "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay",
+        "client_id", "rtt_ms", "pings_sent", "resuming",
     )
 
     def __init__(self, config, token_provider, url, out, hooks=None, rand=None, wall_clock=None):
@@ -190,12 +204,16 @@ class Connection:
         self.stats = Stats()
         self._next_sid = 0
         self.last_delay = None
+        self.client_id = None  # the server's id for the current (or last) live socket
+        self.rtt_ms = None  # round trip of our latest ping (one per server heartbeat), None until measured
+        self.pings_sent = []  # send times of our pings awaiting their pong, oldest first
+        self.resuming = False  # the current dial is the one made when the page came back
 
     # ------------------------------------------------------------------ table
     def allows(self, event):
         return event in TRANSITIONS[self.state]
 
-    def _fire(self, event, now, delay=None, reason=None):
+    def _fire(self, event, now, delay=None, reason=None, **extra):
         target = TRANSITIONS[self.state].get(event)
         if target is None:
             raise TransitionError("event " + event + " not allowed in state " + self.state)
@@ -203,7 +221,7 @@ class Connection:
         self.state = target
         if target == LIVE or previous == LIVE:
             self.last_live_at = now  # last moment the data was known to be live
-        self.log_event(event, now, delay=delay, reason=reason, previous=previous)
+        self.log_event(event, now, delay=delay, reason=reason, previous=previous, **extra)
         self.hooks.link_status(now)
 
     def log_event(self, event, now, delay=None, reason=None, previous=None, **extra):
@@ -275,9 +293,12 @@ class Connection:
         if kind == "ping":
             self.out.append(("send", self.sid, wire.pong()))
             if self.state == LIVE:
+                self._ping(now, False)  # one of ours per heartbeat: its pong measures the round trip
                 self.hooks.link_message(now, msg)  # the heartbeat paces retried subscribes
             return
         if kind == "pong":
+            if self.pings_sent:
+                self.rtt_ms = now - self.pings_sent.pop(0)
             return
         if kind == "restart":
             window = msg.get("reconnectWithinMs")
@@ -302,6 +323,7 @@ class Connection:
             return
         self.sid = None
         self.opened = False
+        self.log_event("closed", now, reason=reason or None, closeCode=code)
         kind = close_policy(code)
         if self.restart_window is not None and kind != AUTH:
             kind = RESTART
@@ -319,7 +341,7 @@ class Connection:
         if self.state in (WAITING, SUSPENDED):
             self._dial(now, DIAL)
         elif self.state == LIVE and self.probe_deadline is None and now - self.last_message_at > self.heartbeat_ms:
-            self.out.append(("send", self.sid, wire.ping()))
+            self._ping(now, True)
             self.probe_deadline = now + self.config.probe_timeout_ms
             self.log_event("probe", now, delay=self.config.probe_timeout_ms)
 
@@ -339,7 +361,7 @@ class Connection:
                     self.hooks.link_lost(now)
                 self.retry_at = None
                 self._fire(GO_OFFLINE, now, reason="browser offline")
-            elif self.state in (WAITING, SUSPENDED):
+            elif self.state in (WAITING, SUSPENDED, FROZEN):
                 self.retry_at = None
                 self._fire(GO_OFFLINE, now, reason="browser offline")
             return
@@ -357,6 +379,34 @@ class Connection:
                 self.deferred = True
             else:
                 self._dial(now, DIAL)
+
+    def lifecycle_changed(self, frozen, now):
+        """The page is frozen or kept in the back/forward cache (`frozen`: `freeze`, `pagehide`), or it runs
+        again (`resume`, `pageshow` with `persisted`).
+
+        Frozen: close the socket with 4001 so the server frees it at once (a frozen page cannot answer
+        pings) and cancel every timer; offline, signed-out and idle pages are left as they are. Running
+        again: dial at once with the attempts reset; `connected` resubscribes with `since`, so the server
+        replays what was missed. Then drain the outbox.
+        """
+        if frozen:
+            if self.state not in DIALING and self.state not in (LIVE, WAITING, SUSPENDED):
+                return
+            was_live = self.state == LIVE
+            self._close_socket(CLOSE_GOING_AWAY, "page frozen")
+            self._clear_timers()
+            self.retry_at = None
+            self.deferred = False
+            self.resuming = False
+            self.close_code = CLOSE_GOING_AWAY
+            if was_live:
+                self.live_since = None
+                self.hooks.link_lost(now)
+            self._fire(FREEZE, now, reason="page frozen")
+        elif self.state == FROZEN:
+            self.attempt = 0
+            self._dial(now, RESUME)
+            self.resuming = self.state == CONNECTING
 
     def retry_now(self, now):
         """User asked to retry: reset attempts and dial at once (from reconnecting/suspended/offline/auth-required)."""
@@ -461,6 +511,7 @@ class Connection:
         self.sid = "s" + str(self._next_sid)
         self.opened = False
         self.connect_deadline = now + self.config.connect_timeout_ms
+        self.pings_sent = []
         self.restart_window = None
         self.last_delay = None
         self._fire(event, now)
@@ -477,7 +528,10 @@ class Connection:
         self.live_since = now
         self.close_code = None
         self.stats.connects += 1
-        reconnect = self.ever_live
+        reconnect = self.ever_live and not self.resuming  # coming back from a freeze is not an outage
+        if self.resuming:
+            self.resuming = False
+            self.stats.resumes += 1
         downtime = None
         if reconnect and self.dropped_at is not None:
             downtime = int(now - self.dropped_at)
@@ -487,9 +541,21 @@ class Connection:
             if downtime > self.stats.max_reconnect_ms:
                 self.stats.max_reconnect_ms = downtime
         self.ever_live = True
+        client_id = msg.get("clientId")
+        self.client_id = client_id if isinstance(client_id, str) else None
         info = {"reconnect": reconnect, "attempts": self.attempt, "downtimeMs": downtime}
-        self._fire(CONNECTED, now)
+        self._fire(CONNECTED, now, downtimeMs=downtime)
         self.hooks.link_connected(now, msg, info)
+
+    def _ping(self, now, always):
+        """Send our own ping and note when; the matching pong sets `rtt_ms`. Unless `always` (the visibility
+        probe), no new ping while MAX_PINGS_IN_FLIGHT are unanswered."""
+        if len(self.pings_sent) >= MAX_PINGS_IN_FLIGHT:
+            if not always:
+                return
+        else:
+            self.pings_sent.append(now)
+        self.out.append(("send", self.sid, wire.ping()))
 
     def _close_socket(self, code, reason):
         if self.sid is not None:
@@ -515,6 +581,9 @@ class Connection:
             self.hooks.link_lost(now)
         else:
             self.stats.failed_attempts += 1
+        if self.resuming:  # the dial made on coming back failed: an outage starts now
+            self.resuming = False
+            self.dropped_at = now
         if kind == AUTH:
             self.retry_at = None
             self._fire(AUTH_FAILED, now, reason=reason)
@@ -523,17 +592,18 @@ class Connection:
             self.retry_at = None
             self._fire(GO_OFFLINE, now, reason=reason)
             return
+        tries = self.config.reconnect_max_attempts
         if not self.config.reconnect:  # no timed retries: wait for Retry, `online` or the tab becoming visible
             self.retry_at = None
             self.last_delay = None
-            self._fire(EXHAUSTED, now, reason=reason)
+            self._fire(EXHAUSTED, now, reason=reason, maxAttempts=tries)
             return
         self.attempt += 1
-        if self.attempt > self.config.reconnect_max_attempts:
+        if self.attempt > tries:
             delay = self.backoff.around(self.config.suspended_retry_ms)
             self.retry_at = now + delay
             self.last_delay = delay
-            self._fire(EXHAUSTED, now, delay=delay, reason=reason)
+            self._fire(EXHAUSTED, now, delay=delay, reason=reason, maxAttempts=tries, retryEveryMs=self.config.suspended_retry_ms)
             return
         if kind == RESTART:
             window = self.restart_window if self.restart_window is not None else self.config.restart_window_ms
@@ -547,7 +617,7 @@ class Connection:
         self.restart_window = None
         self.retry_at = now + delay
         self.last_delay = delay
-        self._fire(FAIL, now, delay=delay, reason=reason)
+        self._fire(FAIL, now, delay=delay, reason=reason, maxAttempts=tries)
         if delay == 0 and not self.hidden:
             self._dial(now, DIAL)
 

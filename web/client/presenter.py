@@ -141,6 +141,35 @@ def counts_html(counts):
     return "".join(chips)
 
 
+def project_summary(project):
+    """`Apollo · 1 blocked · 2 open escalations`: one line for the compact project picker on phones."""
+    counts = project.get("counts") or {}
+    parts = [project.get("name") or str(project.get("id"))]
+    blocked = int(counts.get("blocked", 0) or 0)
+    if blocked:
+        parts.append("%d blocked" % blocked)
+    open_esc = int(counts.get("openEscalations", 0) or 0)
+    if open_esc:
+        parts.append("%d open escalation%s" % (open_esc, "" if open_esc == 1 else "s"))
+    return " · ".join(parts)
+
+
+def project_options_html(projects, selected_id=None):
+    """`<option>`s of the compact project picker (the select shown instead of the cards on phones)."""
+    if not projects:
+        return '<option value="">No projects yet</option>'
+    parts = []
+    if selected_id is None:
+        parts.append('<option value="" selected>Pick a project</option>')
+    for project in projects:
+        pid = project.get("id")
+        parts.append(
+            '<option value="%s"%s>%s</option>'
+            % (escape(pid), " selected" if pid == selected_id else "", escape(project_summary(project)))
+        )
+    return "".join(parts)
+
+
 def project_cards_html(projects, selected_id=None):
     """One `project-card` button per project the user may see, selected one marked."""
     if not projects:
@@ -174,9 +203,9 @@ def story_html(story, pending=False):
     assignee = story.get("assignee")
     return (
         '<article class="story%s" data-testid="story" data-story-id="%s" data-status="%s">'
-        '<div class="story-title">%s</div><div class="story-meta"><span class="story-id">#%s</span>%s</div>'
-        '<label class="story-move"><span>Move to</span><select name="status" data-action="move-story"'
-        ' data-story-id="%s" aria-label="Move story %s">%s</select></label></article>'
+        '<h4 class="story-title">%s</h4><div class="story-meta"><span class="story-id">#%s</span>%s</div>'
+        '<select name="status" class="story-move" data-action="move-story" data-story-id="%s"'
+        ' aria-label="Move story #%s: %s">%s</select></article>'
         % (
             " pending" if pending else "",
             escape(sid),
@@ -186,6 +215,7 @@ def story_html(story, pending=False):
             '<span class="assignee">%s</span>' % escape(assignee) if assignee else "",
             escape(sid),
             escape(sid),
+            escape(story.get("title")),
             options,
         )
     )
@@ -207,13 +237,15 @@ def board_html(stories, pending_ids=()):
     for status in STATUSES:
         items = sorted(columns[status], key=_id_key)
         parts.append(
-            '<section class="column column-%s" data-column="%s"><header><h3>%s</h3><span class="count">%d</span>'
-            '</header><div class="column-body">%s</div></section>'
+            '<section class="column column-%s" data-column="%s"><div class="column-head"><h3>%s</h3>'
+            '<span class="count">%d<span class="visually-hidden"> stor%s</span></span></div>'
+            '<div class="column-body">%s</div></section>'
             % (
                 status,
                 status,
                 STATUS_LABELS[status],
                 len(items),
+                "y" if len(items) == 1 else "ies",
                 "".join(story_html(s, s.get("id") in pending_ids) for s in items),
             )
         )
@@ -233,7 +265,8 @@ def escalations_html(escalations, tz_offset_min=0, pending_ids=()):
         sending = bool(esc.get("pending"))
         action = (
             '<button type="button" class="btn btn-small" data-action="resolve-escalation"'
-            ' data-escalation-id="%s">Resolve</button>' % escape(eid)
+            ' data-escalation-id="%s">Resolve<span class="visually-hidden">: %s</span></button>'
+            % (escape(eid), escape(esc.get("title")))
             if is_open and eid not in pending_ids and not sending
             else ""
         )
@@ -247,7 +280,7 @@ def escalations_html(escalations, tz_offset_min=0, pending_ids=()):
             )
         parts.append(
             '<li class="escalation %s%s" data-testid="escalation" data-escalation-id="%s" data-status="%s">'
-            '<span class="esc-dot"></span><div class="esc-body"><div class="esc-title">%s</div>'
+            '<span class="esc-dot" aria-hidden="true"></span><div class="esc-body"><div class="esc-title">%s</div>'
             '<div class="esc-meta">%s</div></div>%s</li>'
             % (
                 escape(esc.get("status")),

@@ -1,7 +1,7 @@
 """The façade the browser adapter and the UI talk to: connection + subscriptions + cache + mutations.
 
 Adapter loop (one per page): call an input method (`start`, `socket_*`, `visibility_changed`,
-`network_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
+`network_changed`, `lifecycle_changed`, `retry_now`, `fetch_result`, `handle_timer`), then run every tuple from
 `commands()` and re-arm a single setTimeout at `get_timer()` (absolute ms, same clock as `now`).
 Commands: ("open", sid, url, protocols), ("send", sid, text), ("close", sid, code, reason),
 ("fetch", rid, method, path, body_or_None, headers) and ("log", record). Inputs for unknown or old
@@ -102,7 +102,7 @@ class Runtime:
         self._mid_prefix = None
         self._next_mid = 0
         self._published = None
-        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0}
+        self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0, "events": 0}
 
     # ------------------------------------------------------------------ adapter side
     def commands(self):
@@ -159,6 +159,13 @@ class Runtime:
             self.cache.refetch_errors(now)
         self._publish()
 
+    def lifecycle_changed(self, frozen, now):
+        """`freeze`/`pagehide` (frozen) or `resume`/`pageshow` from the back/forward cache (not frozen);
+        see `Connection.lifecycle_changed`."""
+        self._now = now
+        self.connection.lifecycle_changed(frozen, now)
+        self._publish()
+
     def retry_now(self, now):
         self._now = now
         self.connection.retry_now(now)
@@ -201,6 +208,8 @@ class Runtime:
         for key in self._counters:
             out[key] = self._counters[key]
         out["refetches"] = self.cache.refetches
+        out["rttMs"] = self.connection.rtt_ms  # our ping's round trip, refreshed every heartbeat
+        out["clientId"] = self.connection.client_id
         return out
 
     def on_status(self, listener):
@@ -348,6 +357,7 @@ class Runtime:
         if verdict == subscriptions.DUPLICATE:
             self._counters["duplicates"] += 1
             return
+        self._counters["events"] += 1  # accepted (not a duplicate)
         project_id = msg["projectId"]
         event_type = msg.get("eventType")
         if not isinstance(event_type, str):

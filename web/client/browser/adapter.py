@@ -15,12 +15,14 @@ Timers use the global `js.setTimeout`/`js.clearTimeout`: under MicroPython 1.27 
 import asyncio
 import json
 
+from client import logtext
+
 from . import prefetch
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js
 
 LOG_PREFIX = "[WebSocket]"
 FETCH_TIMEOUT_MS = 15000
-LOG_METHODS = {"debug": "debug", "info": "info", "warning": "warn", "warn": "warn", "error": "error"}
+LOG_METHODS = {"debug": "debug", "info": "info", "warn": "warn", "error": "error"}
 SECRET_KEYS = ("token", "authorization", "protocols", "jwt")
 
 
@@ -78,10 +80,15 @@ class BrowserAdapter:
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self):
-        """Listen to visibilitychange (document) and online/offline (window)."""
+        """Listen to visibilitychange (document), online/offline (window) and the page lifecycle:
+        pagehide/pageshow (window), freeze/resume (document)."""
         self._listen(js.document, "visibilitychange", self._on_visibility)
         self._listen(js.window, "online", self._on_online)
         self._listen(js.window, "offline", self._on_offline)
+        self._listen(js.window, "pagehide", self._on_frozen)
+        self._listen(js.document, "freeze", self._on_frozen)
+        self._listen(js.window, "pageshow", self._on_pageshow)
+        self._listen(js.document, "resume", self._on_resumed)
 
     def start(self):
         """Start the runtime with the current visibility and network state, then pump."""
@@ -290,22 +297,24 @@ class BrowserAdapter:
     # -- logs and signals ------------------------------------------------------------------
 
     def _log(self, record):
+        """One readable `[WebSocket] …` line (client/logtext.py) with the record's fields as an object after it."""
         try:
             record = _redact(record)
-            level = str(record.get("level", "info")).lower()
-            message = record.get("event") or record.get("msg") or record.get("message") or ""
-            line = "%s %s %s" % (LOG_PREFIX, message, json.dumps(record))
+            level, line = logtext.line(record)
+            details = to_js(logtext.fields(record))
         except Exception:
-            level, line = "info", "%s %s" % (LOG_PREFIX, record)
+            level, line, details = "info", "%s %s" % (LOG_PREFIX, record), None
         method = LOG_METHODS.get(level, "log")
-        if method == "warn":
-            js.console.warn(line)
-        elif method == "error":
-            js.console.error(line)
-        elif method == "debug":
-            js.console.debug(line)
-        else:
+        if details is None:
             js.console.log(line)
+        elif method == "warn":
+            js.console.warn(line, details)
+        elif method == "error":
+            js.console.error(line, details)
+        elif method == "debug":
+            js.console.debug(line, details)
+        else:
+            js.console.info(line, details)
 
     def _listen(self, target, name, fn):
         handler = proxy(fn)
@@ -328,6 +337,28 @@ class BrowserAdapter:
         if self._disposed:
             return
         self.rt.network_changed(False, now_ms())
+        self.pump()
+
+    def _on_frozen(self, event=None):
+        """`pagehide` or `freeze`: the runtime closes its socket (4001) now, while the page can still run."""
+        if self._disposed:
+            return
+        self.rt.lifecycle_changed(True, now_ms())
+        self.pump()
+
+    def _on_pageshow(self, event):
+        if bool(event.persisted):  # restored from the back/forward cache (false on a normal load)
+            self._on_resumed()
+
+    def _on_resumed(self, event=None):
+        """`resume` or `pageshow` from the back/forward cache: network and visibility may have changed
+        meanwhile (their events can come later), so report them first, then wake the runtime."""
+        if self._disposed:
+            return
+        now = now_ms()
+        self.rt.network_changed(bool(js.navigator.onLine), now)
+        self.rt.visibility_changed(text(js.document.visibilityState) != "hidden", now)
+        self.rt.lifecycle_changed(False, now)
         self.pump()
 
 

@@ -13,6 +13,7 @@ from client.runtime import Runtime
 
 from . import prefetch, storage
 from .adapter import BrowserAdapter, socket_url
+from .details import DetailsPanel
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
@@ -85,10 +86,12 @@ class DashboardApp:
         self._intent = None
         self._signed_out = False
         self.tz = timezone_offset_min()
+        self.details = DetailsPanel()
 
     async def boot(self):
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
+        self.details.attach()
         try:
             early = await prefetch.take("/api/config")
             if early is None:
@@ -110,7 +113,7 @@ class DashboardApp:
 
     # -- session ---------------------------------------------------------------------------
 
-    def start_session(self, user):
+    def start_session(self, user, focus=False):
         if self.session is not None:
             self.end_session()
         ws_url = socket_url(self.config.get("wsPath") or "/ws/status-updates")
@@ -120,7 +123,7 @@ class DashboardApp:
         self.session = session
         self._signed_out = False
         self.view.reset_app()
-        self.view.show_app(user)
+        self.view.show_app(user, focus)
         session.unsubs.append(rt.on_mutation(self.on_mutation))
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
@@ -140,7 +143,7 @@ class DashboardApp:
         self.end_session()
         storage.clear()
         self.view.reset_app()
-        self.view.show_login()
+        self.view.show_login(focus=True)
         self.render_status()
 
     async def login(self, username, password):
@@ -169,7 +172,7 @@ class DashboardApp:
             self.view.login_failed("The server sent an unexpected answer.")
             return
         storage.save(token, data.get("user") or {"name": username})
-        self.start_session(storage.user())
+        self.start_session(storage.user(), focus=True)
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class DashboardApp:
         fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
+        self.details.render(session.rt if session is not None else None)
         if session is not None and status.get("state") == "auth-required" and not self._signed_out:
             self._signed_out = True
             storage.forget_token()
@@ -190,13 +194,13 @@ class DashboardApp:
         if data is not None:
             self.projects = list(data)
         if not self.projects and _entry(entry, "state") == "error":
-            self.view.projects_html('<p class="empty error">Could not load projects: %s</p>'
-                                    % presenter.escape(_entry(entry, "error", "")))
+            message = "Could not load projects: %s" % presenter.escape(_entry(entry, "error", ""))
+            self.view.projects_html('<p class="empty error">%s</p>' % message, '<option value="">%s</option>' % message)
             return
         if not self.projects and _entry(entry, "state") in ("idle", "loading"):
-            self.view.projects_html('<p class="empty">Loading projects…</p>')
+            self.view.projects_html('<p class="empty">Loading projects…</p>', '<option value="">Loading projects…</option>')
             return
-        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        self.render_projects()
         session = self.session
         if session is None:
             return
@@ -219,13 +223,19 @@ class DashboardApp:
             return
         self._close_detail()
         self.selected = pid
-        self.view.projects_html(presenter.project_cards_html(self.projects, self.selected))
+        self.render_projects()
         self.view.board_html('<p class="empty">Loading stories…</p>')
         self.view.escalations_html('<li class="empty">Loading escalations…</li>')
         self.render_header()
         session.detail_unsubs.append(session.rt.watch(("stories", pid), self.on_stories))
         session.detail_unsubs.append(session.rt.watch(("escalations", pid), self.on_escalations))
         session.adapter.pump()
+
+    def render_projects(self):
+        self.view.projects_html(
+            presenter.project_cards_html(self.projects, self.selected),
+            presenter.project_options_html(self.projects, self.selected),
+        )
 
     def _close_detail(self):
         """Stop watching the open project's stories and escalations and forget them."""
@@ -340,7 +350,13 @@ class DashboardApp:
 
     def on_change(self, event):
         target = event.target
-        if attr(target, "data-action") != "move-story" or self.session is None or self.selected is None:
+        action = attr(target, "data-action")
+        if action == "pick-project" and self.session is not None:
+            pid = text(target.value)
+            if pid and pid != self.selected:
+                self.open_project(pid)
+            return
+        if action != "move-story" or self.session is None or self.selected is None:
             return
         story_id = _as_id(attr(target, "data-story-id"))
         to = text(target.value)

@@ -2,12 +2,15 @@
 
 Every method is a plain DOM write (`textContent`, `innerHTML`, attributes); the HTML itself comes
 from `client.presenter`, already escaped. `View.listen(handlers)` installs the three delegated
-listeners (click, change, submit) once for the whole page.
+listeners (click, change, submit) once for the whole page. Re-rendering a list keeps the keyboard
+focus on the same control (same `data-action` and id), so a keyboard user does not lose their place
+when a story moves or a count changes.
 """
 
 from .ffi import is_none, js, proxy, text
 
 MAX_EVENTS = 200
+ID_ATTRS = ("data-story-id", "data-escalation-id", "data-project-id")
 
 
 def _el(element_id):
@@ -24,6 +27,36 @@ def attr(element, name):
     if value is None or is_none(value):
         return None
     return str(value)
+
+
+def _control_key(element):
+    """(data-action, id attribute, id) naming a control across re-renders, or None."""
+    action = attr(element, "data-action")
+    if action is None:
+        return None
+    for name in ID_ATTRS:
+        value = attr(element, name)
+        if value is not None:
+            return (action, name, value)
+    return (action, None, None)
+
+
+def _focused_key(container):
+    """The key of the focused control when it is inside `container`."""
+    active = js.document.activeElement
+    if active is None or is_none(active) or not bool(container.contains(active)):
+        return None
+    return _control_key(active)
+
+
+def _refocus(container, key):
+    """Focus the control of `container` with `key` again; else the container when it takes focus."""
+    for element in container.querySelectorAll("[data-action]"):
+        if _control_key(element) == key:
+            element.focus()
+            return
+    if attr(container, "tabindex") is not None:
+        container.focus()
 
 
 class View:
@@ -49,6 +82,7 @@ class View:
         self.user_name = _el("user-name")
         self.user_avatar = _el("user-avatar")
         self.projects = _el("projects")
+        self.project_select = _el("project-select")
         self.project_title = _el("project-title")
         self.project_desc = _el("project-desc")
         self.detail_state = _el("detail-state")
@@ -56,6 +90,7 @@ class View:
         self.escalations = _el("escalations")
         self.escalation_form = _el("escalation-form")
         self.event_log = _el("event-log")
+        self.main = _el("main")
         self.notice = _el("notice")
         self.notice_text = _el("notice-text")
         self._proxies = []
@@ -97,13 +132,18 @@ class View:
                 _show(self.retry, False)
             else:
                 self.banner.setAttribute("data-kind", banner["kind"])
+                if banner["kind"] == "error":  # announced at once; warnings are covered by the status badge
+                    self.banner_text.setAttribute("role", "alert")
+                else:
+                    self.banner_text.removeAttribute("role")
                 self.banner_text.textContent = banner["text"]
                 _show(self.retry, banner["retry"])
                 _show(self.banner, True)
 
     # -- screens ---------------------------------------------------------------------------
 
-    def show_login(self, notice=None):
+    def show_login(self, notice=None, focus=False):
+        """The sign-in form; `focus` puts the cursor in it (after a sign-out, not on page load)."""
         _show(self.app_view, False)
         _show(self.user_box, False)
         _show(self.login_view, True)
@@ -111,6 +151,8 @@ class View:
         if notice:
             self.login_notice.textContent = notice
         _show(self.login_notice, bool(notice))
+        if focus:
+            self.login_form.elements.namedItem("username").focus()
 
     def login_failed(self, message):
         self.login_error.textContent = message
@@ -125,7 +167,8 @@ class View:
         form = self.login_form
         return text(form.elements.namedItem("username").value), text(form.elements.namedItem("password").value)
 
-    def show_app(self, user):
+    def show_app(self, user, focus=False):
+        """The dashboard for `user`; `focus` moves the keyboard focus to the page content (after signing in)."""
         name = (user or {}).get("name") or (user or {}).get("id") or ""
         self.user_name.textContent = name
         self.user_avatar.textContent = name[:1].upper()
@@ -134,9 +177,12 @@ class View:
         _show(self.user_box, True)
         _show(self.app_view, True)
         self.login_form.reset()
+        if focus:
+            self.main.focus()
 
     def reset_app(self):
         self.projects.innerHTML = ""
+        self.project_select.innerHTML = ""
         self.board.innerHTML = ""
         self.escalations.innerHTML = ""
         self.event_log.innerHTML = ""
@@ -150,10 +196,16 @@ class View:
 
     def html(self, key, element, markup):
         if self._set(key, markup):
+            focused = _focused_key(element)
             element.innerHTML = markup
+            if focused is not None:
+                _refocus(element, focused)
 
-    def projects_html(self, markup):
+    def projects_html(self, markup, options_markup=None):
+        """The project cards and, when given, the options of the compact picker shown on phones."""
         self.html("projects", self.projects, markup)
+        if options_markup is not None:
+            self.html("project-options", self.project_select, options_markup)
 
     def project_header(self, title, description, state_text):
         self.project_title.textContent = title

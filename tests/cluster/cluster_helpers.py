@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+
+from bench.cluster import HAPROXY
+from tests.postgres_server import INITDB, _binary
 
 # The per-address socket cap (DASHBOARD_MAX_CONNECTIONS_PER_IP, where the node has it) would see every test client as
 # 127.0.0.1: lift it. Unknown DASHBOARD_* variables are ignored by nodes that do not have the setting.
@@ -100,3 +104,13 @@ async def live_socket(url: str, token: str, project: str | None = "apollo") -> A
             sock.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sock.task
+
+
+def require_cluster_binaries() -> None:
+    """Skip (with what is missing) unless haproxy, redis-server and PostgreSQL are installed (`make test` installs them)."""
+    import shutil
+
+    missing = [name for name, found in (("haproxy", HAPROXY), ("redis-server", shutil.which("redis-server")),
+                                        ("postgres", INITDB), ("psql", _binary("psql"))) if not found]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)} (make test installs them)")

@@ -4,7 +4,6 @@ installs them all."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bus"))
 sys.path.insert(0, str(HERE.parent / "realtime"))
 from redis_server import REDIS_BINARY, SKIP_REASON, RedisServer  # noqa: E402
-
-from bench.cluster import HAPROXY  # noqa: E402
-from tests.postgres_server import INITDB  # noqa: E402
 
 
 @pytest.fixture
@@ -31,10 +27,3 @@ def redis() -> Iterator[RedisServer]:
         pytest.skip(SKIP_REASON)
     with RedisServer() as server:
         yield server
-
-
-def require_cluster_binaries() -> None:
-    missing = [name for name, found in (("haproxy", HAPROXY), ("redis-server", REDIS_BINARY), ("postgres", INITDB),
-                                        ("psql", shutil.which("psql"))) if not found]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (make test installs them)")

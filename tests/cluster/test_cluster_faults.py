@@ -30,8 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster_helpers import NODE_ENV, PROXY_ENV
-from conftest import require_cluster_binaries
+from cluster_helpers import NODE_ENV, PROXY_ENV, require_cluster_binaries
 
 from backend.auth import hash_password
 from backend.store import Store, engine_for

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster_helpers import NODE_ENV, PROXY_ENV, live_socket, login
-from conftest import require_cluster_binaries
+from cluster_helpers import NODE_ENV, PROXY_ENV, live_socket, login, require_cluster_binaries
 
 from backend.cli import DRAIN_WAIT_S, GRACEFUL_SHUTDOWN_S
 from backend.settings import Settings

@@ -412,9 +412,9 @@ def test_rolling_restart_of_both_nodes_loses_nothing_and_spreads_the_reconnects(
     assert suspended == [], f"clients went suspended: {suspended[:10]}"
     dials = sorted(t for c in outcome.clients for t in c["dials_since"])
     for name, signalled in restarts:
-        hint = signalled + DRAIN_DELAY_S  # the restart hint goes out after the drain delay
-        start, end = hint - 0.5, hint + RESTART_WINDOW_S + 2
-        moved = sum(1 for c in outcome.clients if any(start <= t < hint + 1 for t in c["drops"]))
+        # The restart hint goes out after the drain delay; clients drop then and redial within the window.
+        start, end = signalled, signalled + DRAIN_DELAY_S + RESTART_WINDOW_S + 4
+        moved = sum(1 for c in outcome.clients if any(start <= t < signalled + DRAIN_DELAY_S + 4 for t in c["drops"]))
         window = [t for t in dials if start <= t < end]
         bins = _bins(window, start, end)
         uniform = moved * 0.1 / RESTART_WINDOW_S  # dials per 100 ms if spread evenly over the window

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -119,6 +120,15 @@ class DashboardServer:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample of `GET /metrics` (0 when absent), e.g. `websocket_active_connections`."""
+        text = httpx.get(self.url + "/metrics", timeout=5.0).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                    return sample.value
+        return 0.0
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -1,4 +1,4 @@
-// Runs tests/portable/scenario.py under the MicroPython WebAssembly build (the browser's default
+// Runs tests/portable/scenario.py and tabs_scenario.py under the MicroPython WebAssembly build (the browser's default
 // interpreter) inside Node, with web/client/*.py copied into its in-memory file system.
 // Usage: node tests/portable/run_micropython.mjs <repo root> [<folder of .mpy modules>]
 //        -> the trace on stdout, exit 1 on error.
@@ -6,6 +6,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
 const root = process.argv[2] || process.cwd();
+const SCENARIO_FILES = ["scenario.py", "tabs_world.py", "tabs_scenario.py"];
 const { loadMicroPython } = await import(
   join(root, "node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs")
 );
@@ -29,10 +30,12 @@ for (const name of readdirSync(clientDir).sort()) {
     mp.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name)));
   }
 }
-mp.FS.writeFile("/portable/scenario.py", readFileSync(join(root, "tests/portable/scenario.py"), "utf8"));
+for (const name of SCENARIO_FILES) {
+  mp.FS.writeFile("/portable/" + name, readFileSync(join(root, "tests/portable", name), "utf8"));
+}
 
 try {
-  mp.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\n");
+  mp.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\n");
 } catch (err) {
   process.stderr.write(errors.join("\n") + "\n" + String(err) + "\n");
   process.exit(1);

@@ -1,4 +1,4 @@
-// Runs tests/portable/scenario.py under Pyodide (the optional browser interpreter) inside Node,
+// Runs tests/portable/scenario.py and tabs_scenario.py under Pyodide (the optional browser interpreter) inside Node,
 // with web/client/*.py copied into its in-memory file system.
 // Usage: node tests/portable/run_pyodide.mjs <repo root>   -> the trace on stdout, exit 1 on error.
 import { readFileSync, readdirSync } from "node:fs";
@@ -18,10 +18,12 @@ for (const name of readdirSync(clientDir).sort()) {
     py.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name), "utf8"));
   }
 }
-py.FS.writeFile("/portable/scenario.py", readFileSync(join(root, "tests/portable/scenario.py"), "utf8"));
+for (const name of ["scenario.py", "tabs_world.py", "tabs_scenario.py"]) {
+  py.FS.writeFile("/portable/" + name, readFileSync(join(root, "tests/portable", name), "utf8"));
+}
 
 try {
-  py.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\n");
+  py.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\n");
 } catch (err) {
   process.stderr.write(String(err) + "\n");
   process.exit(1);

@@ -110,3 +110,15 @@ def test_fields_drop_empty_values_only():
 @pytest.mark.parametrize(("ms", "text"), [(0, "0.0 s"), (4249, "4.2 s"), (4250, "4.3 s"), (60000, "60.0 s"), (None, "? s")])
 def test_seconds(ms, text):
     assert logtext.seconds(ms) == text
+
+
+def test_every_tabs_record_has_a_sentence():
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "web" / "client" / "tabs.py").read_text()
+    logged = set(re.findall(r'_log\("(tabs\.[a-z-]+)"', source))
+    assert logged and logged - set(logtext.DESCRIBE) == set()
+    assert logtext.describe({"event": "tabs.role", "role": "follower", "leader": "tab1"}) == (
+        "info", "Following the tab that holds the connection (tab1)")
+    assert logtext.describe({"event": "tabs.role", "role": "leader"})[1].endswith("(leader)")

@@ -29,3 +29,14 @@ def test_claims_of_garbage_is_none():
     assert tokens.claims("a.!!!.c") is None
     assert tokens.claims("a.b") is None
     assert tokens.claims(make_jwt(exp_s=5))["exp"] == 5
+
+
+def test_epoch_ms_from_utc_fields_matches_the_calendar():
+    # the browser reads the date from its UTC fields: MicroPython's bridge wraps Date.now() to 32 bits
+    import datetime
+
+    from client.clock import epoch_ms
+
+    for stamp in (0, 951782400123, 1764000000000, 1772323199999, 4102444800000, -86400000):
+        t = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(milliseconds=stamp)
+        assert epoch_ms(t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond // 1000) == stamp

@@ -88,6 +88,22 @@ def _subscribed(r):
     return "info", "Subscribed to " + project
 
 
+ROLE_TEXT = {
+    "leader": "This tab holds the connection for every tab (leader)",
+    "follower": "Following the tab that holds the connection",
+    "candidate": "Looking for the tab that holds the connection",
+    "closed": "Left the other tabs",
+    "own": "This tab keeps a connection of its own",
+}
+
+
+def _tabs_role(r):
+    text = ROLE_TEXT.get(r.get("role"), "Tab role " + str(r.get("role")))
+    if r.get("role") == "follower" and r.get("leader"):
+        text += " (" + str(r["leader"]) + ")"
+    return "info", text
+
+
 def _reason(prefix, level):
     def build(r):
         reason = r.get("reason")
@@ -127,6 +143,12 @@ DESCRIBE = {
     "subscribed": _subscribed,
     "gap": lambda r: ("warn", "Missed events of " + str(r.get("projectId")) + "; refetching"),
     "epoch": lambda r: ("warn", str(r.get("projectId")) + " restarted its event numbering; refetching"),
+    # client/tabs.py: one socket shared by every tab
+    "tabs.role": _tabs_role,
+    "tabs.leader-left": _fixed("info", "The tab holding the connection left; the next one takes over"),
+    "tabs.steal": _fixed("warn", "The tab holding the connection stopped answering; taking it over"),
+    "tabs.share-dropped": _reason("A tab stopped answering; its projects were released", "info"),
+    "tabs.lock-failed": _reason("No connection can be shared between tabs; this tab keeps its own", "warn"),
     "fetch.failed": lambda r: ("warn", "Request failed: " + str(r.get("method")) + " " + str(r.get("path")) + " (" + str(r.get("error")) + ")"),
 }
 

@@ -95,6 +95,7 @@ class Runtime:
         self._handlers = []  # [(project id or "*", handler)]
         self._status_listeners = []
         self._mutation_listeners = []
+        self._message_listeners = []
         self._requests = {}  # rid -> ("query", key, seq, now) | ("mutation", mid)
         self._next_rid = 0
         self._mutations = {}  # mid -> Mutation (pending and recently settled)
@@ -218,6 +219,27 @@ class Runtime:
     def on_mutation(self, listener):
         return _listen(self._mutation_listeners, listener)
 
+    def on_message(self, listener):
+        """listener(now, msg) after each server message handled on a live socket (client.tabs relays them)."""
+        return _listen(self._message_listeners, listener)
+
+    def retain(self, project_id, position=None, now=None):
+        """Keep `project_id` subscribed for someone other than this page's views (another tab, client.tabs).
+
+        `position` (epoch, seq) is where that someone is: the resume point when the project is new here.
+        Returns release()."""
+        if now is not None:
+            self._now = now
+        self._retain(project_id, position)
+        done = [False]
+
+        def release():
+            if not done[0]:
+                done[0] = True
+                self._release(project_id)
+
+        return release
+
     def subscribe(self, project_id, handler, now=None):
         """handler(event dict) for each accepted event of `project_id` ("*": every project).
 
@@ -339,6 +361,11 @@ class Runtime:
                 # gets the project list without it and 403 for its own keys.
                 for key in project_keys(sub.project_id):
                     self.cache.invalidate(key, now)
+        for listener in list(self._message_listeners):
+            try:
+                listener(now, msg)
+            except Exception as exc:
+                self._report(exc)
 
     # ------------------------------------------------------------------ internals
     def _estimated_wall(self):
@@ -410,8 +437,8 @@ class Runtime:
         record_recovered = trusted if sub.sent_since else None
         self.connection.log_event("subscribed", now, projectId=project_id, replayed=msg.get("replayed"), seq=sub.seq, recovered=record_recovered)
 
-    def _retain(self, project_id):
-        if self.subscriptions.add(project_id) and self.connection.state == LIVE:
+    def _retain(self, project_id, position=None):
+        if self.subscriptions.add(project_id, position) and self.connection.state == LIVE:
             self._out.append(("send", self.connection.sid, self.subscriptions.subscribe_message(project_id, self._now)))
 
     def _release(self, project_id):

@@ -52,11 +52,15 @@ class Subscriptions:
     def project_ids(self):
         return list(self._order)
 
-    def add(self, project_id):
-        """Take a reference; True when this is the first (a subscribe must be sent if live)."""
+    def add(self, project_id, position=None):
+        """Take a reference; True when this is the first (a subscribe must be sent if live).
+
+        `position` (epoch, seq), for a project new here, is where to resume from (another tab applied up to it)."""
         sub = self._subs.get(project_id)
         if sub is None:
             sub = ProjectSub(project_id)
+            if position is not None:
+                sub.epoch, sub.seq = position[0], position[1]
             self._subs[project_id] = sub
             self._order.append(project_id)
         sub.refs += 1

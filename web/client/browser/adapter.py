@@ -1,6 +1,8 @@
 """`BrowserAdapter`: pumps one `client.runtime.Runtime` with real browser APIs.
 
-Build it with the runtime and a token provider, call `attach()` then `start()`; call `pump()`
+Build it with the runtime (or the `client.tabs.Tabs` around it, which takes the same inputs) and a token
+provider, plus `tabs` (a `client.browser.tabs.BrowserTabs`) when the socket is shared between tabs: it
+runs the ("post", ...), ("lock", ...) and ("unlock", ...) commands. Call `attach()` then `start()`; call `pump()`
 after anything you did to the runtime yourself (`retry_now`, `move_story`, ...), and `dispose()`
 at logout. It runs the runtime's commands (native WebSocket, `fetch`, console logs), feeds every
 browser event back with `now` (`performance.now()`), and keeps exactly one `setTimeout` armed for
@@ -63,8 +65,9 @@ class _Socket:
 class BrowserAdapter:
     """Runs a runtime's commands in the browser and feeds browser events back to it."""
 
-    def __init__(self, runtime, token_provider, on_pumped=None):
+    def __init__(self, runtime, token_provider, on_pumped=None, tabs=None):
         self.rt = runtime
+        self.tabs = tabs
         self.token_provider = token_provider
         self.on_pumped = on_pumped
         self.sockets = {}
@@ -89,6 +92,8 @@ class BrowserAdapter:
         self._listen(js.document, "freeze", self._on_frozen)
         self._listen(js.window, "pageshow", self._on_pageshow)
         self._listen(js.document, "resume", self._on_resumed)
+        if self.tabs is not None:
+            self.tabs.attach(self.pump)
 
     def start(self):
         """Start the runtime with the current visibility and network state, then pump."""
@@ -113,6 +118,8 @@ class BrowserAdapter:
         if self._disposed:
             return
         self._disposed = True
+        if self.tabs is not None:
+            self.tabs.dispose()
         for target, name, handler in self._listeners:
             target.removeEventListener(name, handler)
             release(handler)
@@ -159,6 +166,8 @@ class BrowserAdapter:
             asyncio.create_task(self._fetch(*command[1:]))
         elif kind == "log":
             self._log(command[1])
+        elif self.tabs is not None and kind in ("post", "lock", "unlock"):
+            self.tabs.run(command)
 
     # -- timer -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """`DashboardApp`: the page controller. `main()` builds it and starts `boot()`.
 
-It signs in over REST, then builds one `Runtime` + `BrowserAdapter` per session, watches the
+It signs in over REST, then builds one `Runtime` (wrapped in `client.tabs.Tabs`, so every tab of the
+browser shares one socket; `?tabs=own` keeps one per tab) + `BrowserAdapter` per session, watches the
 cache keys the screen needs and renders them through `client.presenter` and `View`. User actions
 arrive through three delegated listeners (click, change, submit) and become runtime calls.
 """
@@ -10,11 +11,13 @@ import json
 
 from client import presenter
 from client.runtime import Runtime
+from client.tabs import Tabs
 
 from . import prefetch, storage
+from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
 from .details import DetailsPanel
-from .ffi import is_none, js, now_ms, proxy, release, text, to_js, wall_ms
+from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
 DEFAULT_CONFIG = {"wsPath": "/ws/status-updates"}
@@ -39,20 +42,46 @@ def _as_id(value):
 
 
 def _wall_now():
-    return float(js.Date.now())
+    return epoch_now()
 
 
 def _to_wall(monotonic_ms):
     return None if monotonic_ms is None else wall_ms(monotonic_ms)
 
 
+def _tabs_mode():
+    """`?tabs=own` keeps a socket per tab; anything else shares one per browser (where it can)."""
+    try:
+        return text(js.URLSearchParams.new(js.location.search).get("tabs"))
+    except Exception:
+        return ""
+
+
+def _user_key(user):
+    """Tabs share a socket only with tabs signed in as the same user."""
+    user = user or {}
+    return str(user.get("id") or user.get("name") or "anonymous")
+
+
+class Shown:
+    """What the details panel reads: the status this tab shows (a follower shows its leader's) and its own stats."""
+
+    __slots__ = ("status", "stats")
+
+    def __init__(self, status, stats):
+        self.status = status
+        self.stats = stats
+
+
 class Session:
-    """One signed-in user: the runtime, its adapter, and the unsubscribe callables to run at the end."""
+    """One signed-in user: the runtime, the tabs link around it (status, retry), its adapter, and the
+    unsubscribe callables to run at the end."""
 
-    __slots__ = ("rt", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
+    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
 
-    def __init__(self, rt, adapter, user):
+    def __init__(self, rt, link, adapter, user):
         self.rt = rt
+        self.link = link
         self.adapter = adapter
         self.user = user
         self.unsubs = []
@@ -118,8 +147,11 @@ class DashboardApp:
             self.end_session()
         ws_url = socket_url(self.config.get("wsPath") or "/ws/status-updates")
         rt = Runtime(self.config, storage.token, ws_url=ws_url, wall_clock=_wall_now)
-        adapter = BrowserAdapter(rt, storage.token, on_pumped=self.render_status)
-        session = Session(rt, adapter, user)
+        shared = _tabs_mode() != "own" and browser_tabs.supported()
+        link = Tabs(rt, shared=shared, config=self.config, wall_clock=_wall_now)
+        port = browser_tabs.BrowserTabs(link, _user_key(user)) if shared else None
+        adapter = BrowserAdapter(link, storage.token, on_pumped=self.render_status, tabs=port)
+        session = Session(rt, link, adapter, user)
         self.session = session
         self._signed_out = False
         self.view.reset_app()
@@ -178,12 +210,13 @@ class DashboardApp:
 
     def render_status(self):
         session = self.session
-        status = session.rt.status if session is not None else {"state": "idle", "attempt": 0}
+        status = session.link.status if session is not None else {"state": "idle", "attempt": 0}
         badge = presenter.connection_badge(status, _to_wall, self.tz)
         fresh = presenter.freshness(status, _to_wall(status.get("lastLiveAt")), self.tz) if session else ""
         banner = presenter.banner(status, _to_wall, self.tz) if session else None
         self.view.connection(badge, fresh, banner)
-        self.details.render(session.rt if session is not None else None)
+        self.view.role(status.get("role"))
+        self.details.render(Shown(session.link.status, session.link.shown_stats) if session is not None else None)
         if session is not None and status.get("state") == "auth-required" and not self._signed_out:
             self._signed_out = True
             storage.forget_token()
@@ -324,7 +357,7 @@ class DashboardApp:
         elif session is None:
             return
         elif action == "retry":
-            session.rt.retry_now(now_ms())
+            session.link.retry_now(now_ms())
             session.adapter.pump()
         elif action == "open-project":
             pid = attr(target, "data-project-id")

@@ -7,7 +7,10 @@ JavaScript side no longer needs it; `to_js`, `is_none` and `now_ms` cover the re
 import js
 from pyscript.ffi import create_proxy, is_none, to_js
 
-__all__ = ["js", "proxy", "release", "to_js", "is_none", "now_ms", "wall_ms", "text"]
+from client.clock import epoch_ms
+
+__all__ = ["js", "proxy", "release", "to_js", "is_none", "now_ms", "wall_ms", "epoch_now", "text"]
+_origin = []  # epoch ms at performance.now() == 0, read once
 
 
 def proxy(fn):
@@ -34,9 +37,20 @@ def now_ms():
     return float(js.performance.now())
 
 
+def epoch_now():
+    """Epoch milliseconds now. Not `Date.now()`: MicroPython's bridge wraps integer-valued numbers above
+    2**31 to 32 bits, so the date is read from its small UTC fields (`client.clock`)."""
+    d = js.Date.new()
+    return float(epoch_ms(int(d.getUTCFullYear()), int(d.getUTCMonth()) + 1, int(d.getUTCDate()), int(d.getUTCHours()),
+                          int(d.getUTCMinutes()), int(d.getUTCSeconds()), int(d.getUTCMilliseconds())))
+
+
 def wall_ms(monotonic_ms):
-    """Turn a `now_ms()` reading into epoch milliseconds."""
-    return float(js.performance.timeOrigin) + float(monotonic_ms)
+    """Turn a `now_ms()` reading into epoch milliseconds (not from `performance.timeOrigin`: when it has
+    no fraction, MicroPython gets it wrapped, see `epoch_now`)."""
+    if not _origin:
+        _origin.append(epoch_now() - now_ms())
+    return _origin[0] + float(monotonic_ms)
 
 
 def text(value, default=""):

@@ -140,6 +140,14 @@ class View:
                 _show(self.retry, banner["retry"])
                 _show(self.banner, True)
 
+    def role(self, role):
+        """`data-role` of the status element: leader, follower, own or candidate (none when signed out)."""
+        if self._set("role", role):
+            if role:
+                self.badge.setAttribute("data-role", role)
+            else:
+                self.badge.removeAttribute("data-role")
+
     # -- screens ---------------------------------------------------------------------------
 
     def show_login(self, notice=None, focus=False):

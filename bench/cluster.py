@@ -187,20 +187,19 @@ class HAProxy:
             raise RuntimeError(f"haproxy exited with {self.proc.returncode}: {self.log.read_text(errors='replace')[-2000:]}")
         return False
 
+    def stats(self) -> list[dict[str, str]]:
+        """The stats page as CSV rows (`pxname`, `svname`, `status`, `scur` = current sessions, …)."""
+        with urllib.request.urlopen(self.stats_url + ";csv", timeout=2) as resp:  # noqa: S310 - loopback only
+            return list(csv.DictReader(io.StringIO(resp.read().decode().lstrip("# "))))
+
     def status(self) -> dict[str, str]:
         """`{server name: "UP" | "DOWN" | "UP 1/2" | "NOLB" | …}` of the `nodes` backend ({} if not answering)."""
         try:
-            with urllib.request.urlopen(self.stats_url + ";csv", timeout=2) as resp:  # noqa: S310 - loopback only
-                text = resp.read().decode()
+            rows = self.stats()
         except (urllib.error.URLError, OSError):
             return {}
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
         return {row["svname"]: row["status"] for row in rows if row["pxname"] == "nodes" and row["svname"] not in
                 ("FRONTEND", "BACKEND")}
-
-    def stats(self) -> list[dict[str, str]]:
-        with urllib.request.urlopen(self.stats_url + ";csv", timeout=2) as resp:  # noqa: S310 - loopback only
-            return list(csv.DictReader(io.StringIO(resp.read().decode().lstrip("# "))))
 
     def wait_status(self, server: str, status: str, timeout_s: float = 20.0) -> float:
         """Wait until HAProxy reports `server` exactly `status` ("UP", "DOWN"); returns the seconds it took."""

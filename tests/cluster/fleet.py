@@ -129,21 +129,7 @@ class FleetClient(HeadlessClient):
 
 
 class FleetWorker(Worker):
-    async def cmd_start(self, msg: dict[str, Any]) -> dict[str, Any]:
-        import asyncio
-
-        import httpx
-
-        self.http = httpx.AsyncClient(base_url=msg["http_base"], timeout=15,
-                                      limits=httpx.Limits(max_connections=50), trust_env=False)
-        base = int(msg.get("first_index", 0))
-        self.clients = [FleetClient(base + i, msg, self.rec, self.http) for i in range(int(msg["count"]))]
-        spread = float(msg.get("start_spread_s", 0))
-        for i, client in enumerate(self.clients):
-            client.start()
-            if spread and i % 10 == 9:
-                await asyncio.sleep(spread * 10 / len(self.clients))
-        return {"clients": len(self.clients)}
+    client_class = FleetClient
 
     def fleet(self) -> list[FleetClient]:
         return [c for c in self.clients if isinstance(c, FleetClient)]

@@ -348,3 +348,30 @@ async def test_rows_another_node_publishes_while_this_one_looks_at_a_gap_are_not
     assert [(e.seq, e.epoch) for e in seen.events] == [(n, epoch) for n in (1, 2, 3, 4)]
     assert metrics.registry.get_sample_value("dashboard_epoch_resets_total", {"reason": "gap"}) in (None, 0.0)
     assert await unsent() == []
+
+
+async def test_a_database_restored_behind_the_bus_gets_a_new_epoch_and_loses_no_new_change(seeded: Store) -> None:
+    """The bus took outbox numbers 1-4 of a project; the database comes back from a backup knowing only 1-2. Without
+    the check, the next change (number 3 again) would be taken for a repeat and never delivered."""
+    bus = RestartingBus(SETTINGS)
+    stories = await seeded.list_stories("apollo")
+    relay = await run_relay(seeded, bus)
+    try:
+        await changes.move_story(seeded, relay, story_id=stories[0]["id"], status="blocked", actor="a")
+        await relay.flushed()
+    finally:
+        await relay.stop()
+    for pseq in (3, 4):  # what the bus took after the backup was made
+        await bus.publish("apollo", "story.status.changed", {"lost": pseq}, pseq=pseq)
+    epoch, _ = await bus.position("apollo")
+    seen = Recorder(bus)
+    relay = await run_relay(seeded, bus)  # a restarted node checks the bus against the database first
+    try:
+        await wait_for(lambda: relay._bus_id is not None, "the first reconcile")
+        await changes.move_story(seeded, relay, story_id=stories[1]["id"], status="blocked", actor="a")
+        await wait_for(lambda: len(seen.events) == 2, "the new change's events")
+    finally:
+        await relay.stop()
+    assert seen.events[0].data["storyId"] == stories[1]["id"]
+    assert seen.events[0].epoch != epoch  # clients that saw the lost numbers refetch
+    assert await seeded.unsent() == []

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test test-fast e2e bench setup browser services screenshots clean lock
+.PHONY: run test test-fast e2e bench setup browser services screenshots clean lock cluster
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -29,17 +29,23 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $(NODE_STAMP)
 
 # Debian's Chromium for Playwright (never `playwright install`), redis-server for the Redis bus tests, PostgreSQL
-# for the store contract (the tests start their own servers on free ports), and prometheus for promtool (rule checks
-# and unit tests of deploy/prometheus; its service is not started).
+# for the store contract and HAProxy for the cluster tests (the tests start their own servers on free ports), and
+# prometheus for promtool (rule checks and unit tests of deploy/prometheus; its service is not started).
 browser:
-	@command -v chromium >/dev/null && command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server postgresql; }
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null && command -v haproxy >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server postgresql haproxy; }
 	@command -v promtool >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 run: setup
 	DASHBOARD_DEMO=$${DASHBOARD_DEMO:-1} DASHBOARD_DEMO_ACTIVITY=$${DASHBOARD_DEMO_ACTIVITY:-1} \
 	  $(VENV)/bin/dashboard serve --host 127.0.0.1 --port $${PORT:-8000}
+
+# PostgreSQL, redis-server (append-only), two `dashboard serve` nodes and HAProxy (deploy/haproxy.cfg) on
+# http://127.0.0.1:$${PORT:-8000}/, demo data seeded once; Ctrl-C stops everything (docs/deploy.md).
+cluster: setup browser
+	$(PY) -m bench.cluster
 
 test: setup browser
 	$(VENV)/bin/pytest tests e2e

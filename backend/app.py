@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .page_policy import PagePolicy
 from .realtime.endpoint import realtime_endpoint
 from .realtime.hub import Hub
+from .realtime.leases import UserLeases
 from .limits import RedisLoginLimiter
 from .relay import Relay
 from .sessions import Sessions
@@ -81,6 +82,11 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
         redis = getattr(event_bus, "client", None)  # the Redis connection pool, when the bus is Redis
         if redis is not None and not hasattr(app.state, "login_limiter"):
             app.state.login_limiter = RedisLoginLimiter(redis)  # sign-in windows shared by every node
+        user_leases = UserLeases(redis, settings.max_connections_per_user) \
+            if redis is not None and settings.max_connections_per_user else None
+        if user_leases is not None:
+            await user_leases.start()  # the per-user socket cap counted on every node
+        app.state.user_leases = user_leases
         app.state.token_checker = sessions.check
         app.state.bus = event_bus
         app.state.hub = hub
@@ -96,6 +102,8 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
             if activity:
                 await activity.stop()
             await hub.stop()
+            if user_leases is not None:
+                await user_leases.stop()
             await relay.stop()
             if bus is None:
                 await event_bus.stop()

@@ -24,8 +24,10 @@ id with another request is refused (422 `idempotency_key_reused`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .logs import log_event
@@ -142,9 +144,32 @@ def _transaction(project_id: str, mutation: Mutation | None, at: int, body: Body
     return Outcome(status, answer)
 
 
+_PROJECT_QUEUES: dict[tuple[int, str], list[Any]] = {}  # (event loop, project) → [lock, changes using it]
+
+
+@contextlib.asynccontextmanager
+async def _one_writer_per_project(project_id: str) -> AsyncIterator[None]:
+    """Changes of one project wait for each other here, in the process, rather than in the database: each would hold a
+    pooled connection while waiting for the project's row lock, and a burst of them would starve every other query
+    (membership checks, sign-ins, the relay) of connections."""
+    key = (id(asyncio.get_running_loop()), project_id)
+    entry = _PROJECT_QUEUES.get(key)
+    if entry is None:
+        entry = _PROJECT_QUEUES[key] = [asyncio.Lock(), 0]
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _PROJECT_QUEUES[key]
+
+
 async def _run(store: Store, relay: Any, project_id: str, mutation: Mutation | None, body: Body) -> Outcome:
     out: list[OutboxRow] = []
-    outcome: Outcome = await store.transact(_transaction(project_id, mutation, store.clock(), body, out))
+    async with _one_writer_per_project(project_id):
+        outcome: Outcome = await store.transact(_transaction(project_id, mutation, store.clock(), body, out))
     if out and relay is not None:
         relay.committed(out)
     return outcome

@@ -3,17 +3,21 @@
 Reads `Settings.from_env()`, sets up JSON logging (tokens redacted, uvicorn's access log included) and runs
 uvicorn with the websockets-sansio protocol, no per-message deflate, `ws_max_size = max_message_bytes` and
 `limit_concurrency` (`DASHBOARD_LIMIT_CONCURRENCY`).
-On SIGTERM/SIGINT, `DashboardServer` drains the hub first (restart frame + close 1012 to every client)
-and only then lets uvicorn shut down.
+On SIGTERM/SIGINT, `DashboardServer` marks the node draining at once (/readyz 503), waits
+`DASHBOARD_DRAIN_DELAY_MS` for the load balancer to notice, drains the hub (restart frame + close 1012 to every
+client) and only then lets uvicorn shut down.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -29,14 +33,40 @@ GRACEFUL_SHUTDOWN_S = 10  # then uvicorn's own bound for the remaining tasks
 class DashboardServer(uvicorn.Server):
     """uvicorn server that drains the real-time hub before uvicorn closes the sockets itself.
 
-    Without this, uvicorn answers SIGTERM by closing every WebSocket with 1012 before the lifespan
-    shutdown runs, so the app could not say goodbye. Call `serve()` as usual.
+    On SIGTERM/SIGINT the node is marked draining at once (in the signal handler): /readyz answers 503 and new
+    WebSockets get the restart hint, while the sockets already open keep their events. After
+    `DASHBOARD_DRAIN_DELAY_MS` (time for a load balancer's health checks to take the node out) the hub sends every
+    client the restart hint and closes it with 1012, and only then does uvicorn stop listening and close what is
+    left. Without this, uvicorn would close every WebSocket with 1012 before the lifespan shutdown runs, so the app
+    could not say goodbye. Call `serve()` as usual; a second Ctrl-C skips the delay.
     """
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.drain_started: float | None = None  # monotonic time of the first exit signal
+        self._drained = False
+
+    def _hub(self) -> Any:
+        return getattr(getattr(self.config.app, "state", None), "hub", None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
+            hub = self._hub()
+            if hub is not None:
+                hub.draining = True  # from this instant: /readyz 503, new sockets refused with the restart hint
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
-        app = self.config.app
-        hub = getattr(getattr(app, "state", None), "hub", None)
-        if hub is not None and not hub.draining:
+        hub = self._hub()
+        if hub is not None and not self._drained:
+            self._drained = True
+            settings = getattr(self.config.app.state, "settings", None)
+            delay_s = (settings.drain_delay_ms if settings else 0) / 1000
+            started = self.drain_started if self.drain_started is not None else time.monotonic()
+            log_event("server.draining", connections=hub.connection_count, delay_ms=round(delay_s * 1000))
+            while not self.force_exit and time.monotonic() - started < delay_s:  # still serving, /readyz says 503
+                await asyncio.sleep(min(0.05, max(0.0, delay_s - (time.monotonic() - started))))
             try:
                 await hub.drain(DRAIN_WAIT_S)
             except Exception:  # never let a drain problem block the shutdown

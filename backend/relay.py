@@ -208,6 +208,11 @@ class Relay:
             for earlier in missing:
                 waiting.setdefault(earlier.pseq, earlier)
             return
+        taken = await self.bus.last_pseq(row.project_id)
+        if taken is not None and taken > last:  # another node published (and marked) them meanwhile: not lost
+            for earlier in missing:
+                waiting.setdefault(earlier.pseq, earlier)
+            return
         # Numbers between were published once and are gone from the bus: clients cannot be told exactly what
         # they missed, so this project starts a new epoch (they refetch).
         for earlier in missing:
@@ -223,8 +228,10 @@ class Relay:
         await self.store.mark_sent(head.project_id, head.pseq)
 
     async def reconcile(self) -> None:
-        """If the bus restarted (Redis `run_id` changed), give every project whose published events it no longer
-        holds a new epoch, so no client keeps a board that silently misses them."""
+        """At start and whenever the bus restarted (Redis `run_id` changed): give a new epoch to every project whose
+        published events the bus no longer holds (clients refetch instead of keeping a board that silently misses
+        them), and to every project whose outbox numbers the bus took beyond what the database has (a database
+        restored from a backup: new events would otherwise be taken for repeats)."""
         server_id = getattr(self.bus, "server_id", None)
         if server_id is None:
             return
@@ -233,13 +240,23 @@ class Relay:
             return
         first_check = self._bus_id is None
         for project_id in await self.store.all_project_ids():
+            # Read in this order, so that another node publishing meanwhile can only make `taken` look newer than
+            # `sent` and `allocated` newer than `taken`, never the reverse: sent ≤ taken ≤ allocated when all is well.
             sent = await self.store.last_sent_pseq(project_id)
             taken = await self.bus.last_pseq(project_id)
+            allocated = await self.store.allocated_pseq(project_id)
             if sent > 0 and (taken is None or taken < sent):
-                epoch = await self.bus.restart_epoch(project_id, sent)
-                self.metrics.epoch_resets.labels(reason="bus_lost").inc()
-                log_event("relay.new_epoch", logging.WARNING, project_id=project_id, reason="bus_lost",
-                          taken=taken, sent=sent, epoch=epoch, first_check=first_check)
+                reason = "bus_lost"  # Redis restarted without events it had taken
+            elif taken is not None and taken > allocated:
+                # The database is behind what the bus took (restored from a backup): new changes would reuse numbers
+                # the bus already took and be dropped as repeats.
+                reason = "store_restored"
+            else:
+                continue
+            epoch = await self.bus.restart_epoch(project_id, sent)
+            self.metrics.epoch_resets.labels(reason=reason).inc()
+            log_event("relay.new_epoch", logging.WARNING, project_id=project_id, reason=reason,
+                      taken=taken, sent=sent, allocated=allocated, epoch=epoch, first_check=first_check)
         self._bus_id = current
 
     async def _prune(self) -> None:

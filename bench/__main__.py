@@ -1,10 +1,11 @@
-"""`python -m bench [--quick] [all|fanout|storm|browser|profile|report]` (`make bench` runs `all`).
+"""`python -m bench [--quick] [all|fanout|storm|browser|cluster|profile|report]` (`make bench` runs `all`).
 
 - `fanout`:  fan-out throughput/latency and memory per connection, our server vs the bare Starlette loop
              (N = 1000 and 5000; `--quick`: N = 200).
 - `storm`:   reconnect storm of N = 5000 real client cores (`--quick`: 100): SIGKILL with the no-jitter and the
              jitter schedule, and (under `all`, or `--kill term`) SIGTERM with the default client.
 - `browser`: time to live data in headless Chromium, MicroPython / Pyodide / plain-JS floor, cold and warm.
+- `cluster`: fan-out through HAProxy to two nodes next to one node (PostgreSQL + Redis; N = 2000, `--quick`: 200).
 - `profile`: the fan-out once more with allocation tracing and pyinstrument (writes bench/results/profile-*).
 - `report`:  tables and plots from the JSON results (also run at the end of every other command).
 
@@ -24,7 +25,7 @@ from bench.env import install_cleanup
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="all",
-                        choices=["all", "fanout", "storm", "browser", "profile", "report"])
+                        choices=["all", "fanout", "storm", "browser", "cluster", "profile", "report"])
     parser.add_argument("--quick", action="store_true", help="small N and few runs (a minute or two)")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="fan-out N list, e.g. 1000,5000")
     parser.add_argument("--workers", type=int, help="fan-out load-generator processes")
@@ -111,6 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             bcfg.out = prefix + args.out
         run_browser(bcfg)
+    if cmd in ("all", "cluster"):
+        from bench.cluster_fanout import ClusterFanoutConfig, run_cluster_fanout
+
+        ccfg = ClusterFanoutConfig(out=prefix + "cluster.json", tag=tag)
+        if args.quick:
+            ccfg.sizes, ccfg.workers, ccfg.step_s = [200], 2, 2.0
+        if args.sizes:
+            ccfg.sizes = args.sizes
+        if args.workers:
+            ccfg.workers = args.workers
+        if args.out:
+            ccfg.out = prefix + args.out
+        run_cluster_fanout(ccfg)
     if cmd == "profile":
         from bench.fanout import FanoutConfig, run_fanout
 

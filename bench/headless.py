@@ -224,7 +224,9 @@ class HeadlessClient:
 
 
 class Worker:
-    """Many clients in one process, controlled over stdin/stdout JSON lines."""
+    """Many clients in one process, controlled over stdin/stdout JSON lines (`client_class` of each)."""
+
+    client_class: type[HeadlessClient] = HeadlessClient
 
     def __init__(self) -> None:
         self.clients: list[HeadlessClient] = []
@@ -238,7 +240,7 @@ class Worker:
                                       limits=httpx.Limits(max_connections=100), trust_env=False)
         base = int(msg.get("first_index", 0))
         for i in range(int(msg["count"])):
-            client = HeadlessClient(base + i, msg, self.rec, self.http)
+            client = self.client_class(base + i, msg, self.rec, self.http)
             self.clients.append(client)
         spread = float(msg.get("start_spread_s", 0))
         for i, client in enumerate(self.clients):

@@ -362,10 +362,17 @@ def profile_md(data: dict[str, Any], rel: str) -> list[str]:
     return out
 
 
+def cluster_md(data: dict[str, Any]) -> list[str]:
+    from bench.cluster_fanout import markdown
+
+    return markdown(data)
+
+
 def write(d: Path = RESULTS, docs: bool = True) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     fan, browser, prof = _load(d, "fanout.json"), _load(d, "browser.json"), _load(d, "profile.json")
     fan_redis = _load(d, "fanout-redis.json")
+    cluster = _load(d, "cluster.json")
     storms = [(p.stem, _load(d, p.name)) for p in sorted(d.glob("storm*.json"), key=lambda p: (p.stem != "storm", p.stem))]
     sections: list[list[str]] = []
     for data, md, plot in ((fan, fanout_md, plot_fanout), (browser, browser_md, plot_browser)):
@@ -390,6 +397,8 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
     sections[at:at] = storm_sections
     if fan_redis is not None:
         sections.append(redis_md(fan_redis))
+    if cluster is not None:
+        sections.append(cluster_md(cluster))
     if prof is not None:
         sections.append(profile_md(prof, ""))
     body = [line for sec in sections for line in sec]
@@ -407,6 +416,8 @@ def write(d: Path = RESULTS, docs: bool = True) -> Path:
             doc_body += browser_md(browser, rel)
         if fan_redis is not None:
             doc_body += redis_md(fan_redis)
+        if cluster is not None:
+            doc_body += cluster_md(cluster)
         if prof is not None:
             doc_body += profile_md(prof, "bench/results/")
         text = DOC.read_text()

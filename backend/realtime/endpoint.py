@@ -27,7 +27,7 @@ from ..auth import AuthError, verify_token
 from ..logs import log_event
 from ..metrics import Metrics
 from ..settings import Settings
-from . import frames
+from . import frames, leases
 from .hub import Hub, Refused
 from .outbox import Outbox
 from .session import (
@@ -300,7 +300,14 @@ class _Connection:
             outbox.push(frames.error("subscribe_rate_limited", "too many subscribes to this project; retry later",
                                      projectId=project_id))
             return
-        if not await self._is_member(project_id):  # checked on every subscribe, repeated ones too
+        try:
+            member = await self._is_member(project_id)  # checked on every subscribe, repeated ones too
+        except Exception:  # the store could not answer: not a refusal, the client retries the subscribe
+            _log.exception("membership check failed")
+            outbox.push(frames.error("unavailable", "could not check the membership; retry the subscribe later",
+                                     projectId=project_id))
+            return
+        if not member:
             if hub.unsubscribe(outbox, project_id):
                 session.subscriptions.discard(project_id)
             outbox.push(frames.error("forbidden", "not a member of this project", projectId=project_id))
@@ -370,13 +377,9 @@ class _Connection:
         log_event("ws.auth_refreshed", client_id=session.client_id, user_id=session.user_id, expires_at=expires_ms)
 
     async def _is_member(self, project_id: str) -> bool:
-        try:
-            result = self.store.is_member(self.session.user_id, project_id)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception:
-            _log.exception("membership check failed")
-            return False
+        result = self.store.is_member(self.session.user_id, project_id)
+        if inspect.isawaitable(result):
+            result = await result
         return bool(result)
 
 
@@ -445,6 +448,12 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             log_event("ws.auth_failed", logging.WARNING, reason=reason, via=via)
             await _refuse(websocket, frames.AUTH_FAILED, "Authentication failed", reason)
             return
+        except Exception as exc:  # the store could not answer (down, or its pool saturated): come back later
+            metrics.connections_total.labels(status="refused").inc()
+            log_event("ws.refused", logging.WARNING, code=frames.TRY_AGAIN_LATER, reason="user lookup failed",
+                      error=type(exc).__name__)
+            await _refuse(websocket, frames.TRY_AGAIN_LATER, "unavailable", "could not check the user; try again later")
+            return
 
         client_id = _client_id()
         sid = _session_id(claims)
@@ -461,6 +470,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
                     pass
             else:
                 await _refuse(websocket, refusal.code, refusal.error, refusal.message)
+            return
+        if not await leases.admit(websocket, hub, outbox, user_id, client_id):  # the per-user cap across nodes
             return
 
         now = time.monotonic()
@@ -481,6 +492,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             await connection.run()
         finally:
             hub.disconnect(outbox)
+            leases.release(websocket, user_id, client_id)
             code = outbox.close_code if outbox.close_code is not None else connection.peer_code or 1006
             initiator = "server" if outbox.close_code is not None else "client"
             metrics.disconnects.labels(code=frames.close_label(code)).inc()

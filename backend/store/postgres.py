@@ -7,6 +7,7 @@ lock, so nodes starting together apply each step once. Used through `backend.sto
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from .sql import ALL, EXEC, ONE, VALUE, IntegrityError, Request, Unavailable, Wo
 MIGRATION_LOCK = 7_215_004_311  # pg_advisory_xact_lock key of the migration step
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 2.0
 
 _UNAVAILABLE = (
     OSError,
@@ -28,6 +30,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection left mid-operation by a server restart ("cannot switch to state …; another operation is in
+    # progress"): unusable now, replaced by the pool; the caller retries.
+    asyncpg.exceptions.InternalClientError,
     TimeoutError,
 )
 
@@ -59,6 +64,8 @@ class PostgresEngine:
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._ping_conn: Any = None  # readiness has a connection of its own (see `ping`)
+        self._ping_lock: asyncio.Lock | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -78,6 +85,7 @@ class PostgresEngine:
             raise Unavailable(f"postgres: {type(exc).__name__}: {exc}") from None
 
     async def close(self) -> None:
+        await self._drop_ping()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -108,7 +116,23 @@ class PostgresEngine:
             raise Unavailable(f"postgres: {type(exc).__name__}") from None
 
     async def ping(self) -> None:
-        await self.run(Request(VALUE, "SELECT 1", ()))
+        """Readiness: `SELECT 1` on a connection outside the pool, so that a pool queue (a reconnect storm's
+        membership checks) never makes a reachable database look down; reconnected after a failure."""
+        if self._ping_lock is None:
+            self._ping_lock = asyncio.Lock()
+        async with self._ping_lock:
+            try:
+                if self._ping_conn is None or self._ping_conn.is_closed():
+                    self._ping_conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+                await self._ping_conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+            except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as exc:
+                await self._drop_ping()
+                raise Unavailable(f"postgres: {type(exc).__name__}") from None
+
+    async def _drop_ping(self) -> None:
+        conn, self._ping_conn = self._ping_conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def migrate(self) -> list[int]:
         steps = migrations.load(self.name)

@@ -297,6 +297,11 @@ class Store:
             return 0
         return int(row["u"]) - 1 if row["u"] is not None else int(row["outbox_seq"])
 
+    async def allocated_pseq(self, project_id: str) -> int:
+        """The newest `pseq` of `project_id` committed (published or not; 0 when none)."""
+        value_ = await self._run(value("SELECT outbox_seq FROM projects WHERE id = $1", project_id))
+        return int(value_ or 0)
+
     async def outbox_backlog(self) -> tuple[int, int | None]:
         """`(unsent events, created_at of the oldest)`: what `/readyz` and the relay metrics report."""
         row = await self._run(one("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE sent_at IS NULL"))

@@ -309,3 +309,69 @@ async def test_a_bus_that_lost_published_events_gives_their_projects_a_new_epoch
     with pytest.raises(OutboxGap):  # the next number it takes is 3
         await bus.publish("borealis", "x", {}, pseq=4)
     assert await bus.publish("borealis", "x", {}, pseq=3) is not None
+
+
+async def test_rows_another_node_publishes_while_this_one_looks_at_a_gap_are_not_taken_for_lost(seeded: Store) -> None:
+    """Another node committed rows 1-2; this node hands over 3-4, meets the gap, and while it reads the table the
+    other node publishes 1-2 and marks them sent. They were not lost: no new epoch, seqs 1-4 in one epoch."""
+    bus = MemoryBus(SETTINGS)
+    seen = Recorder(bus)
+    metrics = Metrics()
+    relay = Relay(SETTINGS, seeded, bus, metrics)
+    relay.sweep_s = 3600  # only the sweep at start (nothing to find yet)
+    unsent = seeded.unsent
+    calls: list[str | None] = []
+
+    async def racing(**kwargs: Any) -> Any:
+        calls.append(kwargs.get("project_id"))
+        rows = await unsent(**kwargs)
+        if kwargs.get("project_id") == "cassini" and calls.count("cassini") == 1:  # the other node finishes now
+            for other in [r for r in rows if r.pseq <= 2]:
+                await bus.publish(other.project_id, other.event_type, other.data, pseq=other.pseq)
+                await seeded.mark_sent(other.project_id, other.pseq)
+            rows = await unsent(**kwargs)
+        return rows
+
+    seeded.unsent = racing  # type: ignore[method-assign]
+    await relay.start()
+    await wait_for(lambda: calls, "the sweep at start")
+    await bus.restart_epoch("cassini", 0)
+    epoch = (await bus.position("cassini"))[0]
+    stories = await seeded.list_stories("cassini")
+    try:
+        await changes.move_story(seeded, None, story_id=stories[0]["id"], status="blocked", actor="a")  # other node
+        await changes.move_story(seeded, relay, story_id=stories[1]["id"], status="blocked", actor="a")
+        await wait_for(lambda: len(seen.events) >= 4, "all four events")
+    finally:
+        await relay.stop()
+    assert "cassini" in calls
+    assert [(e.seq, e.epoch) for e in seen.events] == [(n, epoch) for n in (1, 2, 3, 4)]
+    assert metrics.registry.get_sample_value("dashboard_epoch_resets_total", {"reason": "gap"}) in (None, 0.0)
+    assert await unsent() == []
+
+
+async def test_a_database_restored_behind_the_bus_gets_a_new_epoch_and_loses_no_new_change(seeded: Store) -> None:
+    """The bus took outbox numbers 1-4 of a project; the database comes back from a backup knowing only 1-2. Without
+    the check, the next change (number 3 again) would be taken for a repeat and never delivered."""
+    bus = RestartingBus(SETTINGS)
+    stories = await seeded.list_stories("apollo")
+    relay = await run_relay(seeded, bus)
+    try:
+        await changes.move_story(seeded, relay, story_id=stories[0]["id"], status="blocked", actor="a")
+        await relay.flushed()
+    finally:
+        await relay.stop()
+    for pseq in (3, 4):  # what the bus took after the backup was made
+        await bus.publish("apollo", "story.status.changed", {"lost": pseq}, pseq=pseq)
+    epoch, _ = await bus.position("apollo")
+    seen = Recorder(bus)
+    relay = await run_relay(seeded, bus)  # a restarted node checks the bus against the database first
+    try:
+        await wait_for(lambda: relay._bus_id is not None, "the first reconcile")
+        await changes.move_story(seeded, relay, story_id=stories[1]["id"], status="blocked", actor="a")
+        await wait_for(lambda: len(seen.events) == 2, "the new change's events")
+    finally:
+        await relay.stop()
+    assert seen.events[0].data["storyId"] == stories[1]["id"]
+    assert seen.events[0].epoch != epoch  # clients that saw the lost numbers refetch
+    assert await seeded.unsent() == []

@@ -23,17 +23,18 @@ MESSAGE_TOO_BIG = 1009
 SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013
 HEARTBEAT_TIMEOUT = 4000
+PAGE_GOING_AWAY = 4001  # the client core's 1001 (page frozen or cached): browsers refuse 1001 from script
 SLOW_CONSUMER = 4008
 AUTH_FAILED = 4401
 ORIGIN_FORBIDDEN = 4403
 TOO_MANY_CONNECTIONS = 4409
 RATE_LIMITED = 4429
 
-# Close codes that become their own metric label: ours, the standard ones and the client core's (4100-4103).
+# Close codes that become their own metric label: ours, the standard ones and the client core's (4001, 4100-4103).
 # Clients may send any code 1000-4999; everything else is counted as "other", so the label set stays bounded.
 LABELLED_CLOSE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-     HEARTBEAT_TIMEOUT, SLOW_CONSUMER, 4100, 4101, 4102, 4103, AUTH_FAILED, ORIGIN_FORBIDDEN,
+     HEARTBEAT_TIMEOUT, PAGE_GOING_AWAY, SLOW_CONSUMER, 4100, 4101, 4102, 4103, AUTH_FAILED, ORIGIN_FORBIDDEN,
      TOO_MANY_CONNECTIONS, RATE_LIMITED}
 )
 

@@ -186,6 +186,7 @@ async def test_close_codes_sent_by_clients_become_a_bounded_label_set(live: Live
     assert live.metric("websocket_disconnects_total", {"code": "4999"}) == 0
     assert live.metric("websocket_disconnects_total", {"code": "4000"}) >= 1
     assert frames.close_label(1000) == "1000" and frames.close_label(4321) == "other"
+    assert frames.close_label(4001) == "4001"  # the page going away (frozen, cached) is told apart
 
 
 class StreamIdBus(MemoryBus):

@@ -7,21 +7,29 @@ from playwright.sync_api import expect
 
 from .harness import pick_move, wait_until
 from .pages import BOOT_TIMEOUT_MS, login_live, open_dashboard, status, story
+from .records import ApiTraffic, wait_for_subscribed
+from .wslog import WsLog
 
 ACCEPTED = ("websocket_connections_total", {"status": "accepted"})
 
 
 def open_tabs(context, server, count=3, query=""):
-    """The first tab signs in and leads; the others start from the stored session and follow it."""
+    """The first tab signs in and leads; the others start from the stored session and follow it.
+
+    Returns once every tab is settled: its own subscription to apollo acknowledged (a follower shows its
+    leader's `live` before that) and its first reads done, so that what a test counts afterwards is its own."""
     first = context.new_page()
+    watched = [(first, WsLog(first), ApiTraffic(first))]
     login_live(first, server, query=query)
-    pages = [first]
     for _ in range(count - 1):
         page = context.new_page()
+        watched.append((page, WsLog(page), ApiTraffic(page)))
         open_dashboard(page, server.url, query)
         expect(status(page)).to_have_attribute("data-state", "live")
-        pages.append(page)
-    return pages
+    for page, log, traffic in watched:
+        wait_for_subscribed(page, log, ["apollo"])
+        traffic.wait_quiet(page)
+    return [page for page, _, _ in watched]
 
 
 def role(page):

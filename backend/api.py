@@ -165,6 +165,9 @@ async def _user_id(request: Request, route: str) -> str:
     """The caller's user id from a valid bearer token of a known user; 401 otherwise."""
     claims = await _claims(request, route)
     user_id = str(claims["sub"])
+    checker = getattr(request.app.state, "token_checker", None)
+    if claims.get("sid") and getattr(checker, "checks_user", False):
+        return user_id  # the session check proved the user exists
     if not await _store(request).has_user(user_id):
         raise ApiError(401, "unauthorized", "unknown user", UNAUTHORIZED)
     return user_id

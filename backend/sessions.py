@@ -50,14 +50,17 @@ class Sessions:
 
     async def check(self, claims: dict[str, Any]) -> str | None:
         """None when the token's session is live; else why it is refused. Tokens without `sid` are the server's own
-        (tests, tools): they expire but cannot be revoked."""
+        (tests, tools): they expire but cannot be revoked. A session is only live for its own user while that user
+        exists, so a caller need not look the user up again (`checks_user`)."""
         sid = claims.get("sid")
         if sid is None:
             return None
-        live = await self.store.session_live(str(sid))
+        live = await self.store.session_live(str(sid), str(claims.get("sub")))
         if live is None:
             return "unknown session"
         return None if live else "session revoked"
+
+    check.checks_user = True  # type: ignore[attr-defined]  # read through the bound method by the WebSocket endpoint
 
     def _access(self, user_id: str, sid: str) -> tuple[str, int]:
         return issue_token(self.settings, user_id, sid=sid)

@@ -427,9 +427,12 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         try:
             claims = verify_token(settings, token)
             user_id = str(claims["sub"])
-            user = store.user(user_id) if hasattr(store, "user") else True
-            if inspect.isawaitable(user):
-                user = await user
+            user: Any = True
+            if not (_session_id(claims) and getattr(getattr(app.state, "token_checker", None), "checks_user", False)):
+                # one lookup unless the session check below also proves the user exists (one query per handshake)
+                user = store.has_user(user_id) if hasattr(store, "has_user") else True
+                if inspect.isawaitable(user):
+                    user = await user
             if not user:
                 raise AuthError("unknown user")
             try:

@@ -374,9 +374,17 @@ class Store:
         ))
         return bool(changed)
 
-    async def session_live(self, sid: str) -> bool | None:
-        """True while the session exists and is not revoked (nor past its maximum age); None if unknown."""
-        row = await self._run(one("SELECT revoked_at, max_expires_at FROM auth_sessions WHERE id = $1", sid))
+    async def session_live(self, sid: str, user_id: str | None = None) -> bool | None:
+        """True while the session exists and is not revoked (nor past its maximum age); None if unknown. With
+        `user_id`, the session must also be that user's and the user must still exist (one query: a connection's
+        whole identity check)."""
+        if user_id is None:
+            row = await self._run(one("SELECT revoked_at, max_expires_at FROM auth_sessions WHERE id = $1", sid))
+        else:
+            row = await self._run(one(
+                "SELECT s.revoked_at, s.max_expires_at FROM auth_sessions s JOIN users u ON u.id = s.user_id"
+                " WHERE s.id = $1 AND s.user_id = $2", sid, user_id,
+            ))
         if row is None:
             return None
         return row["revoked_at"] is None and self.clock() < int(row["max_expires_at"])

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 class FailingStore:
-    """The demo store, with `user` / `is_member` raising `Unavailable` while their flag is set."""
+    """The demo store, with `has_user` / `is_member` raising `Unavailable` while their flag is set."""
 
     def __init__(self) -> None:
         self.inner = demo_store()
@@ -26,10 +26,10 @@ class FailingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def user(self, user_id: str) -> Any:
+    async def has_user(self, user_id: str) -> Any:
         if self.users_down:
             raise Unavailable("postgres: TimeoutError")
-        return await self.inner.user(user_id)
+        return await self.inner.has_user(user_id)
 
     async def is_member(self, user_id: str, project_id: str) -> bool:
         if self.members_down:

@@ -44,6 +44,18 @@ async def test_authenticate(st: Store) -> None:
     assert stored is not None and stored.startswith("scrypt$") and "pw-alice" not in stored
 
 
+async def test_a_session_is_live_only_for_its_own_existing_user(st: Store, clock: Clock) -> None:
+    await st.add_user("bob", "Bob", "pw-bob")
+    now = st.clock()
+    await st.create_session("alice", "s-alice", "h1", expires_at=now + 60_000, max_expires_at=now + 120_000)
+    assert await st.session_live("s-alice") is True
+    assert await st.session_live("s-alice", "alice") is True  # what a handshake asks: one query for both
+    assert await st.session_live("s-alice", "bob") is None  # another user's session proves nothing
+    assert await st.session_live("s-unknown", "alice") is None
+    assert await st.revoke_session("s-alice", "logout") is True
+    assert await st.session_live("s-alice", "alice") is False
+
+
 async def test_add_user_validation(st: Store) -> None:
     with pytest.raises(ValueError, match="already exists"):
         await st.add_user("alice", "Again", "x")

@@ -467,7 +467,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             log_event("ws.refused", client_id=client_id, user_id=user_id, code=refusal.code, reason=refusal.message)
             if refusal.code == frames.SERVICE_RESTART:
                 try:
-                    await websocket.send_text(frames.restart(settings.restart_window_ms))
+                    await websocket.send_text(frames.restart(hub.restart_hint_ms))
                     await websocket.close(refusal.code, "service restart")
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     pass

@@ -68,6 +68,16 @@ class Subscription:
         self.pending: list[Event] | None = []  # live events that arrive while the replay is in progress
 
 
+
+def restart_window(settings: Settings, connections: int) -> int:
+    """The `reconnectWithinMs` a draining node hints: `restart_window_ms`, stretched so that its `connections`
+    come back at no more than `restart_rate` handshakes per second (what one node can re-admit), e.g.
+    5000 sockets at 500/s: 10 s."""
+    window = settings.restart_window_ms
+    if settings.restart_rate > 0:
+        window = max(window, -(-connections * 1000 // settings.restart_rate))
+    return window
+
 class Hub:
     """Connections, subscriptions and fan-out of one server process."""
 
@@ -77,6 +87,7 @@ class Hub:
         self.metrics = metrics
         self.store = store
         self.draining = False
+        self.restart_hint_ms = settings.restart_window_ms  # the window a draining node hints (`restart_window`)
         self.change_hold_s = CHANGE_HOLD_S
         self.retry_base_s = RETRY_BASE_S
         self.retry_max_s = RETRY_MAX_S
@@ -114,15 +125,16 @@ class Hub:
         self.deadlines.close()
 
     async def drain(self, wait_s: float = 2.0) -> int:
-        """Graceful shutdown: refuse new connections, tell every client to reconnect within
-        `restart_window_ms` and close it with 1012. Waits up to `wait_s` for the closes; returns the count."""
+        """Graceful shutdown: refuse new connections, tell every client to reconnect within the restart window
+        (`restart_window`) and close it with 1012. Waits up to `wait_s` for the closes; returns the count."""
         self.draining = True
-        restart = frames.restart(self.settings.restart_window_ms)
         closing = tuple(self._clients)
+        window_ms = self.restart_hint_ms = restart_window(self.settings, len(closing))
+        restart = frames.restart(window_ms)
         for outbox in closing:
             self._drop_subscriptions(outbox)
             outbox.close(frames.SERVICE_RESTART, "service restart", frame=restart, flush=True)
-        log_event("server.drain", connections=len(closing), reconnect_within_ms=self.settings.restart_window_ms)
+        log_event("server.drain", connections=len(closing), reconnect_within_ms=window_ms)
         await self.wait_empty(wait_s)
         return len(closing)
 

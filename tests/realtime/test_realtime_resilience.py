@@ -94,6 +94,33 @@ async def test_slow_consumer_is_closed_4008_and_others_are_unaffected() -> None:
         assert await live.wait_metric("websocket_disconnects_total", 1, {"code": "4008"}) == 1
 
 
+def test_the_restart_window_stretches_to_what_one_node_can_readmit() -> None:
+    from backend.realtime.hub import restart_window
+
+    settings = make_settings(restart_window_ms=5000, restart_rate=500)
+    assert restart_window(settings, 0) == 5000
+    assert restart_window(settings, 2500) == 5000  # 2500 at 500/s fit in 5 s
+    assert restart_window(settings, 5000) == 10000
+    assert restart_window(settings, 5001) == 10002  # rounded up: never faster than the rate
+    assert restart_window(make_settings(restart_window_ms=5000, restart_rate=0), 10**6) == 5000  # 0: off
+
+
+async def test_a_crowded_node_hints_a_longer_window_to_every_client() -> None:
+    settings = make_settings(restart_window_ms=100, restart_rate=10)  # 3 sockets at 10/s: 300 ms
+    live = LiveServer(settings).start()
+    try:
+        async with open_ws(live, token_for(settings)) as a, open_ws(live, token_for(settings, "bob")) as b, \
+                open_ws(live, token_for(settings)) as c:
+            for ws in (a, b, c):
+                await recv_type(ws, "connected")
+            live.sigterm()
+            for ws in (a, b, c):
+                code, messages = await close_code(ws)
+                assert (code, messages[-1]) == (1012, {"type": "restart", "reconnectWithinMs": 300})
+    finally:
+        live.stop()
+
+
 async def test_graceful_shutdown_sends_restart_then_1012() -> None:
     settings = make_settings(restart_window_ms=1234)
     live = LiveServer(settings).start()

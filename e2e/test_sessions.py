@@ -136,6 +136,33 @@ def test_a_tab_frozen_past_its_token_expiry_comes_back_live_without_the_sign_in_
     assert stored_token(page) != token
 
 
+@SHORT_TOKENS
+def test_two_tabs_refresh_once_per_token_and_never_trip_reuse_detection(context, server):
+    a = context.new_page()
+    login_live(a, server)
+    b = context.new_page()
+    open_dashboard(b, server.url)
+    expect(status(b)).to_have_attribute("data-state", "live")
+    logs = [WsLog(a), WsLog(b)]
+    before = metric(server.url, "dashboard_auth_refresh_total", result="ok")
+    started = time.monotonic()
+    wait_until(lambda: metric(server.url, "dashboard_auth_refresh_total", result="ok") - before >= 4, 20,
+               message="four refreshes")
+    elapsed = time.monotonic() - started
+    for page in (a, b):
+        page.bring_to_front()  # a wake-up in each tab: at most one of them refreshes
+        expect(status(page)).to_have_attribute("data-state", "live")
+    page_refreshes = sum(len(log.records("session.refreshed")) for log in logs)
+    adopted = sum(len(log.records("session.adopted")) for log in logs)
+    ok = metric(server.url, "dashboard_auth_refresh_total", result="ok") - before
+    assert ok <= elapsed / 2.8 + 3, f"{ok} refreshes in {elapsed:.1f} s: both tabs refreshed"
+    assert adopted >= page_refreshes - 2, "the other tab took the stored token instead of refreshing"
+    assert metric(server.url, "dashboard_auth_refresh_total", result="reused") == 0
+    assert stored_token(a) == stored_token(b)
+    for page in (a, b):
+        expect(page.get_by_test_id("login-form")).to_be_hidden()
+
+
 @pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="60")  # long enough that a 401 proves the sign-out, not the expiry
 def test_sign_out_in_one_tab_signs_every_tab_out_within_2_s_and_kills_the_token(context, server):
     a = context.new_page()

@@ -185,11 +185,12 @@ def test_sign_out_in_one_tab_signs_every_tab_out_within_2_s_and_kills_the_token(
 
 
 @SHORT_TOKENS
-def test_a_revoked_session_reuse_detected_shows_the_sign_in_form_with_a_message(page, server):
+@pytest.mark.parametrize("query", ["", "?runtime=pyodide"], ids=["micropython", "pyodide"])
+def test_a_revoked_session_reuse_detected_shows_the_sign_in_form_with_a_message(page, server, query):
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
     log = WsLog(page)
-    login_live(page, server)
+    login_live(page, server, query=query)
     first = next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)
     log.wait_for("session.refreshed", timeout_ms=8000)  # the page rotated its refresh cookie since
     assert next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE) != first

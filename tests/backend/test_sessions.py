@@ -148,3 +148,15 @@ def test_logs_carry_neither_tokens_nor_cookie_values(client: TestClient, caplog:
     assert "auth.refresh_reused" in dump
     for secret in (token, value, value2, r.json()["token"]):
         assert secret not in dump
+
+
+def test_the_refresh_cookie_is_secure_when_served_over_https() -> None:
+    settings = make_settings()
+    with TestClient(create_app(settings, bus=MemoryBus(settings)), base_url="https://testserver") as c:
+        r = c.post("/api/auth/login", json=LOGIN)
+        cookie = r.headers["set-cookie"]
+        attrs = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly"} <= attrs and "Path=/api/auth" in cookie and "SameSite=strict" in cookie
+        rotated = c.post("/api/auth/refresh", json={})
+        assert rotated.status_code == 200
+        assert "secure" in {part.strip().split("=")[0].lower() for part in rotated.headers["set-cookie"].split(";")[1:]}

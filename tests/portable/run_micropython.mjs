@@ -6,7 +6,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 
 const root = process.argv[2] || process.cwd();
-const SCENARIO_FILES = ["scenario.py", "tabs_world.py", "tabs_scenario.py"];
+const SCENARIO_FILES = ["scenario.py", "tabs_world.py", "tabs_scenario.py", "session_scenario.py"];
 const { loadMicroPython } = await import(
   join(root, "node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs")
 );
@@ -35,7 +35,7 @@ for (const name of SCENARIO_FILES) {
 }
 
 try {
-  mp.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\n");
+  mp.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\nimport session_scenario\nsession_scenario.main()\n");
 } catch (err) {
   process.stderr.write(errors.join("\n") + "\n" + String(err) + "\n");
   process.exit(1);

@@ -18,12 +18,12 @@ for (const name of readdirSync(clientDir).sort()) {
     py.FS.writeFile("/portable/client/" + name, readFileSync(join(clientDir, name), "utf8"));
   }
 }
-for (const name of ["scenario.py", "tabs_world.py", "tabs_scenario.py"]) {
+for (const name of ["scenario.py", "tabs_world.py", "tabs_scenario.py", "session_scenario.py"]) {
   py.FS.writeFile("/portable/" + name, readFileSync(join(root, "tests/portable", name), "utf8"));
 }
 
 try {
-  py.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\n");
+  py.runPython("import sys\nsys.path.insert(0, '/portable')\nimport scenario\nscenario.main()\nimport tabs_scenario\ntabs_scenario.main()\nimport session_scenario\nsession_scenario.main()\n");
 } catch (err) {
   process.stderr.write(String(err) + "\n");
   process.exit(1);

@@ -29,6 +29,7 @@ def cpython_trace():
     lines = []
     load_scenario().run(lines.append)
     load_scenario("tabs_scenario").run(lines.append)
+    load_scenario("session_scenario").run(lines.append)
     return lines
 
 
@@ -63,6 +64,13 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         "tc lock l2 steal",
         "tb tabs.role role=follower leader=tc",
         '["tc","apollo",["e1",3]]',
+        # session_scenario: refresh schedule, backoff, one refresh for a refused link, sign-out reasons
+        '["refresh",2]',
+        '"reason":"expired"',
+        '["auth","T5"],["reconnect"]',
+        '["signed_out","refresh_failed"]',
+        '["signed_out","rejected"]',
+        '["logout","T1"]',
     ):
         assert needle in text, needle
     assert [line for line in first if line.startswith("stats ")]

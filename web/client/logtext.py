@@ -152,6 +152,13 @@ DESCRIBE = {
     "tabs.steal": _fixed("warn", "The tab holding the connection stopped answering; taking it over"),
     "tabs.share-dropped": _reason("A tab stopped answering; its projects were released", "info"),
     "tabs.lock-failed": _reason("No connection can be shared between tabs; this tab keeps its own", "warn"),
+    # client/session.py: the token's life
+    "session.refresh": _reason("Refreshing the sign-in token", "debug"),
+    "session.refreshed": _fixed("info", "Sign-in token refreshed"),
+    "session.adopted": _fixed("debug", "Took the sign-in token another tab refreshed"),
+    "session.refresh-failed": lambda r: ("warn", "Token refresh failed; trying again in " + seconds(r.get("delayMs"))),
+    "session.refresh-refused": _reason("The server refused to refresh the sign-in token", "warn"),
+    "session.signed-out": _reason("Signed out", "warn"),
     "fetch.failed": lambda r: ("warn", "Request failed: " + str(r.get("method")) + " " + str(r.get("path")) + " (" + str(r.get("error")) + ")"),
 }
 

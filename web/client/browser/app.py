@@ -10,6 +10,7 @@ import asyncio
 import json
 
 from client import presenter
+from client import session as tokenlife
 from client.runtime import Runtime
 from client.tabs import Tabs
 
@@ -17,6 +18,7 @@ from . import prefetch, storage
 from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
 from .details import DetailsPanel
+from .session import BrowserSession
 from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
@@ -77,7 +79,7 @@ class Session:
     """One signed-in user: the runtime, the tabs link around it (status, retry), its adapter, and the
     unsubscribe callables to run at the end."""
 
-    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
+    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs", "auth")
 
     def __init__(self, rt, link, adapter, user):
         self.rt = rt
@@ -87,6 +89,7 @@ class Session:
         self.unsubs = []
         self.project_subs = {}
         self.detail_unsubs = []
+        self.auth = None  # BrowserSession: the token's life (refresh, sign-out)
 
     def close(self):
         for unsub in self.detail_unsubs + list(self.project_subs.values()) + self.unsubs:
@@ -97,6 +100,8 @@ class Session:
         self.detail_unsubs = []
         self.project_subs = {}
         self.unsubs = []
+        if self.auth is not None:
+            self.auth.dispose()
         self.adapter.stop()
 
 
@@ -159,6 +164,9 @@ class DashboardApp:
         session.unsubs.append(rt.on_mutation(self.on_mutation))
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
+        session.auth = BrowserSession(link, rt, adapter, self.on_signed_out)
+        session.auth.attach()
+        session.auth.start(storage.token())
         adapter.start()
 
     def end_session(self):
@@ -172,10 +180,30 @@ class DashboardApp:
         self.pending = {}
 
     def logout(self):
-        self.end_session()
-        storage.clear()
-        self.view.reset_app()
-        self.view.show_login(focus=True)
+        """Sign out: the session core asks the server to revoke the session (`on_signed_out` does the rest)."""
+        if self.session is not None and self.session.auth is not None:
+            self.session.auth.sign_out()
+        else:
+            self.on_signed_out(tokenlife.USER)
+
+    def on_signed_out(self, reason):
+        """The session is over (`client.session` reasons). Signed out here or in another tab: disconnect. Refused
+        by the server: the link is already closed (auth-required, shown as such); storage forgets the token, which
+        signs the other tabs out too."""
+        if reason == tokenlife.USER:
+            self.end_session()
+            storage.clear(reason)
+            self.view.reset_app()
+            self.view.show_login(focus=True)
+        elif reason == tokenlife.ELSEWHERE:
+            why = storage.signout_reason()
+            self.end_session()
+            self.view.reset_app()
+            self.view.show_login(tokenlife.message(why if why and why != tokenlife.USER else reason))
+        elif not self._signed_out:
+            self._signed_out = True
+            storage.forget_token(reason)
+            self.view.show_login(tokenlife.message(reason))
         self.render_status()
 
     async def login(self, username, password):
@@ -185,6 +213,7 @@ class DashboardApp:
             "headers": {"Content-Type": "application/json"},
             "body": json.dumps({"username": username, "password": password}),
             "cache": "no-store",
+            "credentials": "same-origin",  # keeps the refresh cookie (dashboard_refresh)
         }
         try:
             response = await js.fetch("/api/auth/login", to_js(options))
@@ -217,10 +246,8 @@ class DashboardApp:
         self.view.connection(badge, fresh, banner)
         self.view.role(status.get("role"))
         self.details.render(Shown(session.link.status, session.link.shown_stats) if session is not None else None)
-        if session is not None and status.get("state") == "auth-required" and not self._signed_out:
-            self._signed_out = True
-            storage.forget_token()
-            self.view.show_login("Your session has ended. Please sign in again.")
+        if session is not None and session.auth is not None:
+            session.auth.observe(status)  # a refused link: one refresh, or the sign-in form
 
     def on_projects(self, entry):
         data = _entry(entry, "data")

@@ -1,4 +1,7 @@
-"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `forget_token()`, `clear()`."""
+"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `forget_token(reason)`, `clear(reason)`.
+
+Removing the token is how a tab tells the others that the session is over (their `storage` event); the reason
+(`client.session` reasons) is written to `SIGNOUT_KEY` first so they can say why: `signout_reason()`."""
 
 import json
 
@@ -6,6 +9,7 @@ from .ffi import is_none, js
 
 TOKEN_KEY = "dashboard.token"
 USER_KEY = "dashboard.user"
+SIGNOUT_KEY = "dashboard.signout"
 
 
 def _get(key):
@@ -36,11 +40,23 @@ def save(jwt, user_info):
     js.window.localStorage.setItem(USER_KEY, json.dumps(user_info or {}))
 
 
-def forget_token():
+def forget_token(reason=None):
     """Drop a token the server refused, so a reload does not dial with it again."""
+    _why(reason)
     js.window.localStorage.removeItem(TOKEN_KEY)
 
 
-def clear():
+def clear(reason=None):
+    _why(reason)
     js.window.localStorage.removeItem(TOKEN_KEY)
     js.window.localStorage.removeItem(USER_KEY)
+
+
+def signout_reason():
+    """Why the last tab that removed the token did so (None if unknown)."""
+    return _get(SIGNOUT_KEY)
+
+
+def _why(reason):
+    if reason:
+        js.window.localStorage.setItem(SIGNOUT_KEY, str(reason))

@@ -39,6 +39,7 @@ class Recorder:
         self.dial_failures: list[float] = []
         self.close_codes: dict[str, int] = {}
         self.logs: dict[str, int] = {}
+        self.hinted_ms: float | None = None  # the longest `reconnectWithinMs` a `restart` frame gave
 
 
 class HeadlessClient:
@@ -131,6 +132,8 @@ class HeadlessClient:
         elif kind == "log":
             event = str(command[1].get("event")) if isinstance(command[1], dict) else "?"
             self.rec.logs[event] = self.rec.logs.get(event, 0) + 1
+            if event == "restart-hint" and isinstance(command[1].get("delayMs"), (int, float)):
+                self.rec.hinted_ms = max(self.rec.hinted_ms or 0, float(command[1]["delayMs"]))
 
     def arm_timer(self) -> None:
         deadline = self.rt.get_timer()
@@ -274,7 +277,8 @@ class Worker:
                                "resubscribed_at": back, "recovered": recovered, "live_at": live_at,
                                "seq_gaps": c.seq_gaps, "stats": c.rt.stats, "state": c.state})
         return {"dials": self.rec.dials, "handshakes": self.rec.handshakes, "dial_failures": self.rec.dial_failures,
-                "close_codes": self.rec.close_codes, "logs": self.rec.logs, "clients": per_client}
+                "close_codes": self.rec.close_codes, "logs": self.rec.logs, "hinted_ms": self.rec.hinted_ms,
+                "clients": per_client}
 
     async def cmd_stop(self) -> dict[str, Any]:
         for c in self.clients:

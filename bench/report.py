@@ -225,7 +225,7 @@ def storm_md(data: dict[str, Any], img: str, stem: str = "storm") -> list[str]:
     out.append(f"- All back within backoff cap + 5 s: {_ok(v.get('all_back_ok'))}. Zero lost and contiguous seq: "
                f"{_ok(v.get('lost_ok'))}.")
     if "term_peak_ok" in v:
-        out.append(f"- After SIGTERM (jitter): peak handshakes per second ≤ 1.5 × N / restart window = "
+        out.append(f"- After SIGTERM (jitter, hinted window {_f((v.get('term_back_limit_s') or 2) - 2)} s): peak handshakes per second ≤ 1.5 × N / restart window = "
                    f"{_f(v['term_peak_limit_per_s'], 0)}: {_ok(v['term_peak_ok'])}; everyone back within window + 2 s = "
                    f"{_f(v['term_back_limit_s'])} s: {_ok(v['term_back_ok'])}.")
     if "kill_back_ok" in v:

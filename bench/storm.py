@@ -297,6 +297,7 @@ def _analyse(collected: list[dict[str, Any]], t_kill: float, t_dead: float, t_re
         "close_codes": codes,
         "runtime_stats": stats,
         "logs": _merge(c["logs"] for c in collected),
+        "hinted_window_ms": max((c.get("hinted_ms") or 0 for c in collected), default=0) or None,
     }
 
 
@@ -327,7 +328,9 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     jit = by.get("jitter")
     if jit is not None:
-        window_s = float(jit.get("client_config", {}).get("restartWindowMs", 5000)) / 1000
+        # the window the draining server hinted (`DASHBOARD_RESTART_WINDOW_MS`, stretched by `DASHBOARD_RESTART_RATE`)
+        window_ms = jit.get("hinted_window_ms") or jit.get("client_config", {}).get("restartWindowMs", 5000)
+        window_s = float(window_ms) / 1000
         if jit["kill"] == "term":
             limit = TERM_PEAK_MAX * jit["clients"] / window_s
             out["term_peak_limit_per_s"] = limit

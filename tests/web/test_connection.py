@@ -589,3 +589,23 @@ def test_reconnect_option_defaults_on_and_only_false_turns_it_off():
     assert ClientConfig({}).reconnect is True
     assert ClientConfig({"reconnect": 0}).reconnect is True
     assert ClientConfig({"reconnect": False}).reconnect is False
+
+
+def test_a_dial_that_fails_inside_the_restart_window_stays_spread_over_the_rest_of_it():
+    d = live_driver(rand=Const(0.5))
+    d.server({"type": "restart", "reconnectWithinMs": 10000})
+    d.closed(1012, "service restart")
+    assert d.rt.status["nextRetryAt"] - d.now == 5000  # half the window
+    d.advance(5000)  # dials; the new server is not listening yet
+    d.closed(1006)
+    # the second attempt's normal backoff would say 1.25 s; the window has 5 s left: 0.5 * 5 s
+    assert d.rt.status["nextRetryAt"] - d.now == 2500
+
+
+def test_after_the_restart_window_a_failed_dial_uses_the_normal_backoff():
+    d = live_driver(rand=Const(0.5))
+    d.server({"type": "restart", "reconnectWithinMs": 1000})
+    d.closed(1012, "service restart")
+    d.advance(1000)
+    d.closed(1006)
+    assert d.rt.status["nextRetryAt"] - d.now == 1250  # the second attempt's normal backoff: the window is over

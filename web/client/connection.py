@@ -173,7 +173,7 @@ class Connection:
         "attempt", "retry_at", "deferred", "connect_deadline", "probe_deadline", "stable_at", "last_message_at",
         "watch_base", "heartbeat_ms", "restart_window", "hidden", "online", "close_code", "close_reason",
         "last_live_at", "live_since", "dropped_at", "ever_live", "stats", "_next_sid", "last_delay",
-        "client_id", "rtt_ms", "pings_sent", "resuming",
+        "client_id", "rtt_ms", "pings_sent", "resuming", "restart_until",
     )
 
     def __init__(self, config, token_provider, url, out, hooks=None, rand=None, wall_clock=None):
@@ -197,6 +197,7 @@ class Connection:
         self.watch_base = None
         self.heartbeat_ms = config.heartbeat_ms
         self.restart_window = None
+        self.restart_until = None  # end of the restart window we are reconnecting in (until live again)
         self.hidden = False
         self.online = True
         self.close_code = None
@@ -539,6 +540,7 @@ class Connection:
         self.watch_base = now
         self.live_since = now
         self.close_code = None
+        self.restart_until = None
         self.stats.connects += 1
         reconnect = self.ever_live and not self.resuming  # coming back from a freeze is not an outage
         if self.resuming:
@@ -620,12 +622,17 @@ class Connection:
         if kind == RESTART:
             window = self.restart_window if self.restart_window is not None else self.config.restart_window_ms
             delay = self.backoff.window_delay(window)
+            self.restart_until = now + window
         elif kind == LONG:
             delay = self.backoff.long_delay()
         elif kind == NOW:
             delay = 0
         else:
             delay = self.backoff.delay(self.attempt - 1)
+            if self.restart_until is not None and self.restart_until > now:
+                # a dial inside the restart window failed (the new server is not up yet): the retry stays spread
+                # over what is left of the window, not bunched one backoff after the server's return
+                delay = max(delay, self.backoff.window_delay(self.restart_until - now))
         self.restart_window = None
         self.retry_at = now + delay
         self.last_delay = delay

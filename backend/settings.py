@@ -91,7 +91,7 @@ class Settings:
     send_queue_size: int = 256  # per-connection outbound queue (live frames and replies); overflow closes 4008
     send_queue_bytes: int = 1048576  # per-connection outbound budget in characters of JSON, replays included
     restart_window_ms: int = 5000  # clients spread their reconnect over this after SIGTERM
-    restart_rate: int = 500  # handshakes per second one node re-admits: a node of N sockets hints >= N / this; 0 = off
+    restart_rate: int = 250  # handshakes per second one node re-admits: a node of N sockets hints >= N / this; 0 = off
     drain_delay_ms: int = 0  # after SIGTERM: /readyz 503 this long (load balancer notices) before the restart hint
     history_size: int = 1000
     history_ttl_s: float = 120.0

@@ -161,7 +161,9 @@ class PendingQueue:
             if self.get(entry["id"]) is None and self.settled(entry["id"]) is None:
                 self.entries.append(entry)
                 added.append(entry)
-        self.entries = sorted(self.entries, key=_at)  # stable: one tab's entries keep their order
+        # time order; ties keep the current order (MicroPython's sort is not stable, hence the index)
+        ranked = sorted([(_at(e), i) for i, e in enumerate(self.entries)])
+        self.entries = [self.entries[i] for _, i in ranked]
         if len(self.entries) > self.limit:
             self.entries = self.entries[:self.limit]
         differs = self.ids() != theirs or len(self.done) != len(done)

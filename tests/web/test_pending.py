@@ -150,7 +150,8 @@ def test_a_request_without_an_answer_is_queued_and_sent_again_with_the_same_id()
     assert again[5]["X-Client-Mutation-Id"] == mid and again[4] == f[4]
     d.fetch_result(again[1], 200, dict(STORIES[0], status="review", updatedAt=300))  # Idempotent-Replayed
     assert results == [{"id": mid, "kind": "move_story", "ok": True, "status": 200, "error": None, "rolledBack": False,
-                        "echoed": False, "queued": True, "current": None}]
+                        "echoed": False, "queued": True, "current": None,
+                        "target": 7, "value": "review"}]
     assert d.rt.pending.queue.count == 0 and writes[-1][1] == 0
 
 

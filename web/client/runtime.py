@@ -371,6 +371,8 @@ class Runtime:
             self._restore(entry, now)
         for entry, status, current in removed:
             self._settled_elsewhere(entry, status, current, now)
+            if entry["id"] == pending.inflight:
+                pending.inflight = None  # its answer is moot now; the next change may go
         if differs:
             pending.changed(self._report)
         self._flush_pending(now)
@@ -455,7 +457,8 @@ class Runtime:
         if status is not None:
             self._tell_mutation({"id": mutation.id, "kind": mutation.kind, "ok": ok, "status": status,
                                  "error": None if ok else pendingmod.verdict(status), "rolledBack": not ok,
-                                 "echoed": mutation.echoed, "queued": True, "current": current})
+                                 "echoed": mutation.echoed, "queued": True, "current": current,
+                                 "target": entry.get("target"), "value": entry.get("value")})
 
     def _pending_result(self, mutation, status, body, now):
         """Book a send's answer in the queue; True when the change stays queued (sent again later)."""
@@ -738,6 +741,9 @@ class Runtime:
         if self.pending is not None:
             record["queued"] = mutation.entry is not None and self.pending.queue.settled(mid) is not None
             record["current"] = current
+            if mutation.entry is not None:
+                record["target"] = mutation.entry.get("target")
+                record["value"] = mutation.entry.get("value")
         self._tell_mutation(record)
         self._flush_pending(now)
 

@@ -13,6 +13,7 @@ from client import presenter
 from client.runtime import Runtime
 from client.tabs import Tabs
 
+from . import pending as browser_pending
 from . import prefetch, storage
 from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
@@ -77,7 +78,7 @@ class Session:
     """One signed-in user: the runtime, the tabs link around it (status, retry), its adapter, and the
     unsubscribe callables to run at the end."""
 
-    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs")
+    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs", "pending")
 
     def __init__(self, rt, link, adapter, user):
         self.rt = rt
@@ -87,6 +88,7 @@ class Session:
         self.unsubs = []
         self.project_subs = {}
         self.detail_unsubs = []
+        self.pending = None  # browser.pending.PendingStore: the queue of changes not sent yet
 
     def close(self):
         for unsub in self.detail_unsubs + list(self.project_subs.values()) + self.unsubs:
@@ -97,6 +99,8 @@ class Session:
         self.detail_unsubs = []
         self.project_subs = {}
         self.unsubs = []
+        if self.pending is not None:
+            self.pending.dispose()
         self.adapter.stop()
 
 
@@ -157,6 +161,8 @@ class DashboardApp:
         self.view.reset_app()
         self.view.show_app(user, focus)
         session.unsubs.append(rt.on_mutation(self.on_mutation))
+        session.pending = browser_pending.PendingStore(rt, link, user)
+        session.pending.attach(adapter.pump, self.rerender_pending)
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
         adapter.start()
@@ -172,6 +178,11 @@ class DashboardApp:
         self.pending = {}
 
     def logout(self):
+        pending = self.session.pending if self.session is not None else None
+        if pending is not None and pending.count:
+            if not bool(js.window.confirm("%s. Sign out and discard them?" % presenter.pending_count_text(pending.count))):
+                return
+            pending.discard()
         self.end_session()
         storage.clear()
         self.view.reset_app()
@@ -298,7 +309,10 @@ class DashboardApp:
         self.view.project_header(project.get("name") or project.get("id"), project.get("description") or "", "")
 
     def _pending_ids(self, kind):
-        return [intent.get("target") for intent in self.pending.values() if intent.get("kind") == kind]
+        ids = [intent.get("target") for intent in self.pending.values() if intent.get("kind") == kind]
+        if self.session is not None and self.session.pending is not None:
+            ids += self.session.pending.targets(kind)  # queued, also by another tab or before a reload
+        return ids
 
     def on_stories(self, entry):
         data = _entry(entry, "data")
@@ -330,8 +344,16 @@ class DashboardApp:
     def on_mutation(self, record):
         intent = self.pending.pop(record.get("id"), None) or self._intent or {}
         intent["done"] = True
-        if not record.get("ok"):
+        if record.get("refused"):
+            self.view.show_notice(presenter.refused_text(record))
+        elif record.get("status") == 409 and isinstance(record.get("current"), dict) and self.session is not None:
+            self.session.pending.show_conflict(record["current"])
+        elif not record.get("ok"):
+            if not intent.get("kind") and record.get("kind") == "move_story":  # a queued change: no intent here
+                intent = {"kind": "move_story", "story_id": record.get("target"), "to": record.get("value")}
             self.view.show_notice(presenter.mutation_error_text(record, intent))
+        if self.session is not None and self.session.pending is not None:
+            self.session.pending.show_count()
         self.rerender_pending()
 
     def rerender_pending(self):
@@ -352,6 +374,8 @@ class DashboardApp:
         session = self.session
         if action == "dismiss-notice":
             self.view.hide_notice()
+        elif action == "dismiss-conflict" and session is not None:
+            session.pending.hide_conflict()
         elif action == "logout":
             self.logout()
         elif session is None:

@@ -155,12 +155,16 @@ def test_a_request_without_an_answer_is_queued_and_sent_again_with_the_same_id()
     assert d.rt.pending.queue.count == 0 and writes[-1][1] == 0
 
 
-def test_a_lost_answer_after_the_echo_is_a_success_not_a_retry():
+def test_a_lost_answer_after_the_echo_is_asked_again_with_the_same_id():
     d, _, results = ready(live=True)
     mid = d.rt.move_story("apollo", 7, "review", d.now)
     (f,) = mutations(d.pump())
     echo(d, 1, mid, dict(STORIES[0], status="review", updatedAt=300))
     d.fetch_result(f[1], 0, None)
+    assert results == [] and status_of(d, 7) == "review"
+    (again,) = mutations(d.advance(100))  # the server answers it from its record (Idempotent-Replayed)
+    assert again[5]["X-Client-Mutation-Id"] == mid
+    d.fetch_result(again[1], 200, dict(STORIES[0], status="review", updatedAt=300))
     assert results[-1]["ok"] is True and d.rt.pending.queue.count == 0 and mutations(d.advance(5000)) == []
 
 

@@ -469,7 +469,7 @@ class Runtime:
         else:
             outcome = pendingmod.verdict(status)
         if not queued:
-            if status == 0 and not mutation.echoed and mutation.entry is not None and p.queue.add(mutation.entry):
+            if status == 0 and mutation.entry is not None and p.queue.add(mutation.entry):
                 p.attempt = 1  # no answer: the request may have arrived; send it again (same id) after a pause
                 p.retry_at = now + pendingmod.retry_delay(1, p.base_ms, p.max_ms)
                 p.changed(self._report)
@@ -717,8 +717,6 @@ class Runtime:
         mutation = self._mutations.get(mid)
         if mutation is None or mutation.done:
             return
-        if status == 0 and mutation.echoed:
-            ok, error = True, None  # the answer was lost, but the server's event says it was applied
         if self.pending is not None and self._pending_result(mutation, status, body, now):
             return  # kept in the queue: sent again later with the same id
         mutation.done = True

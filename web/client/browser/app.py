@@ -13,6 +13,7 @@ from client import presenter
 from client.runtime import Runtime
 from client.tabs import Tabs
 
+from . import offline
 from . import pending as browser_pending
 from . import prefetch, storage
 from . import tabs as browser_tabs
@@ -125,6 +126,7 @@ class DashboardApp:
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
         self.details.attach()
+        offline.register()
         try:
             early = await prefetch.take("/api/config")
             if early is None:
@@ -185,6 +187,7 @@ class DashboardApp:
             pending.discard()
         self.end_session()
         storage.clear()
+        offline.forget()
         self.view.reset_app()
         self.view.show_login(focus=True)
         self.render_status()

@@ -78,7 +78,8 @@ def project_events(server, api):
 def offline_ready(page, server):
     """Signed in and live, the service worker in control, the page loaded once through it (its reads kept)."""
     login_live(page, server)
-    page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller !== null", timeout=UI_TIMEOUT_MS)
+    wait_pumping(page, lambda: page.evaluate("!!(navigator.serviceWorker && navigator.serviceWorker.controller)"),
+                 message="the service worker to control the page")
     page.reload()
     expect(status(page)).to_have_attribute("data-state", "live")
     expect(page.get_by_test_id("story").first).to_be_visible()

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from .pages import UI_TIMEOUT_MS, login_live, status, story
+from .pages import UI_TIMEOUT_MS, login_live, open_dashboard, status, story
 
 BOARD_STATUSES = ["todo", "in_progress", "review", "done", "blocked"]
 
@@ -193,8 +193,9 @@ def test_a_lost_response_is_sent_again_with_the_same_id_and_applied_once(page, s
     assert page.get_by_test_id("notice").is_hidden()
 
 
-def test_an_offline_move_of_a_story_someone_else_moved_ends_in_a_conflict_notice(page, context, server, api):
-    login_live(page, server)
+@pytest.mark.parametrize("query", ["", "?runtime=pyodide"], ids=["micropython", "pyodide"])
+def test_an_offline_move_of_a_story_someone_else_moved_ends_in_a_conflict_notice(page, context, server, api, query):
+    login_live(page, server, query=query)
     (target, to), _ = two_moves(api)
     theirs = next(x for x in BOARD_STATUSES if x not in (target["status"], to))
     context.set_offline(True)
@@ -210,3 +211,58 @@ def test_an_offline_move_of_a_story_someone_else_moved_ends_in_a_conflict_notice
     expect(story(page, target["id"])).to_have_attribute("data-status", theirs)
     expect(pending_count(page)).to_have_attribute("data-count", "0")
     assert {s["id"]: s["status"] for s in api.stories("apollo")}[target["id"]] == theirs
+
+
+def test_every_tab_shows_the_same_pending_marks_and_only_one_sends(context, server, api, project_events):
+    first = context.new_page()
+    login_live(first, server)
+    second = context.new_page()
+    open_dashboard(second, server.url)
+    expect(status(second)).to_have_attribute("data-role", "follower")
+    expect(second.get_by_test_id("story").first).to_be_visible()
+    (target, to), _ = two_moves(api)
+    context.set_offline(True)
+    for page in (first, second):
+        expect(status(page)).to_have_attribute("data-state", "offline")
+    move(second, target["id"], to)  # made in the follower
+    for page in (first, second):
+        expect(pending_count(page)).to_have_attribute("data-count", "1")
+        expect(story(page, target["id"])).to_have_attribute("data-pending", "true")
+        expect(story(page, target["id"])).to_have_attribute("data-status", to)
+    patches = []
+    context.on("request", lambda request: patches.append(request) if request.method == "PATCH" else None)
+    context.set_offline(False)
+    for page in (first, second):
+        expect(pending_count(page)).to_have_attribute("data-count", "0")
+        expect(page.locator('[data-pending="true"]')).to_have_count(0)
+        expect(story(page, target["id"])).to_have_attribute("data-status", to)
+    first.wait_for_timeout(1000)
+    assert len(patches) == 1 and patches[0].frame.page == first  # the leader sent it, once
+    assert len(project_events.moves_of(target["id"])) == 1
+
+
+def test_sign_out_with_changes_waiting_asks_first(page, context, server, api):
+    login_live(page, server)
+    (target, to), _ = two_moves(api)
+    context.set_offline(True)
+    expect(status(page)).to_have_attribute("data-state", "offline")
+    move(page, target["id"], to)
+    answers = ["dismiss", "accept"]
+    asked = []
+
+    def on_dialog(dialog):
+        asked.append(dialog.message)
+        getattr(dialog, answers[len(asked) - 1])()
+
+    page.on("dialog", on_dialog)
+    page.get_by_test_id("logout-button").click()
+    expect(pending_count(page)).to_have_attribute("data-count", "1")  # kept: the user said no
+    expect(page.get_by_test_id("login-form")).to_be_hidden()
+    page.get_by_test_id("logout-button").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    assert len(asked) == 2 and "discard" in asked[0]
+    stored = page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('dashboard.pending.'))")
+    assert stored == []
+    context.set_offline(False)
+    page.wait_for_timeout(500)
+    assert {s["id"]: s["status"] for s in api.stories("apollo")}[target["id"]] == target["status"]

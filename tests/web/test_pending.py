@@ -261,3 +261,14 @@ def test_without_a_queue_nothing_changes():
     d.rt.move_story("apollo", 7, "done", d.now)
     (f,) = mutations(d.pump())
     assert json.loads(f[4]) == {"status": "done"}
+
+
+def test_tabs_with_long_histories_do_not_write_back_and_forth():
+    a = pendingmod.PendingQueue()
+    b = pendingmod.PendingQueue()
+    for i in range(250):
+        a.remove("a-%d" % i, 200)
+        b.remove("b-%d" % i, 200)
+    assert len(a.done) == pendingmod.DONE_KEPT
+    for _ in range(3):
+        assert a.merge(b.dumps())[2] is False and b.merge(a.dumps())[2] is False

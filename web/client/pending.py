@@ -166,7 +166,9 @@ class PendingQueue:
         self.entries = [self.entries[i] for _, i in ranked]
         if len(self.entries) > self.limit:
             self.entries = self.entries[:self.limit]
-        differs = self.ids() != theirs or len(self.done) != len(done)
+        # Write back only when their entries differ from ours (a change they lack, or one we know is settled):
+        # tombstones of entries they do not hold are not worth a write (and two capped lists could ping-pong).
+        differs = self.ids() != theirs
         return added, removed, differs
 
 

@@ -116,6 +116,11 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
     async def index(request: Request) -> Response:
         return FileResponse(ROOT / "index.html", headers=page_policy.headers(request.query_params.get("runtime")))
 
+    async def service_worker(request: Request) -> Response:
+        """The offline cache of the page and its last reads (web/sw.js), at the root so its scope is the site."""
+        return FileResponse(ROOT / "web" / "sw.js", media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
+
     async def config(request: Request) -> Response:
         return JSONResponse(settings.client_config())
 
@@ -153,6 +158,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None,
     routes = [
         Route("/", index),
         Route("/index.html", index),
+        Route("/sw.js", service_worker),
         Route("/api/config", config),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

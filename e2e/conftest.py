@@ -34,6 +34,13 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    """The page registers a service worker (web/sw.js) that answers its GETs, and Playwright's routes do not see what
+    a service worker fetches: the fault tests block it; e2e/test_offline_changes.py allows it."""
+    return {**browser_context_args, "service_workers": "block"}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _expect_timeout():
     expect.set_options(timeout=UI_TIMEOUT_MS)

@@ -211,3 +211,25 @@ def test_absurd_ids_are_404_json_never_500(api: Api, path: str, caplog: pytest.L
     r = api.request(method, path, json={"status": "done"})
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     assert "Traceback" not in caplog.text
+
+
+def test_a_mutation_id_is_remembered_across_a_server_restart(tmp_path: Path) -> None:
+    """The stored answer lives in the database: a client retrying after a restart gets it replayed, nothing twice."""
+    from backend.auth import issue_token
+
+    settings = make_settings(db=str(tmp_path / "data" / "dashboard.db"))
+    headers = {"X-Client-Mutation-Id": "offline-1"}
+    with TestClient(create_app(settings, bus=MemoryBus(settings))) as client:
+        headers["Authorization"] = "Bearer " + issue_token(settings, "alice")[0]
+        target = next(s for s in client.get("/api/projects/apollo/stories", headers=headers).json() if s["status"] == "todo")
+        body = {"status": "review", "expect": {"status": "todo"}}
+        first = client.patch(f"/api/stories/{target['id']}", json=body, headers=headers)
+        assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    with TestClient(create_app(settings, bus=MemoryBus(settings))) as client:
+        again = client.patch(f"/api/stories/{target['id']}", json=body, headers=headers)
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+        other = client.patch(f"/api/stories/{target['id']}", json={"status": "done"}, headers=headers)
+        assert other.status_code == 422 and other.json()["error"] == "idempotency_key_reused"
+        stories = client.get("/api/projects/apollo/stories", headers=headers).json()
+        assert next(s for s in stories if s["id"] == target["id"])["status"] == "review"

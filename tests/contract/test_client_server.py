@@ -549,3 +549,66 @@ async def test_a_subscribe_refused_while_the_bus_is_down_is_retried_once_it_is_b
             await server.publish("borealis", "story.created", {})
             await client.until(lambda: received, "the borealis event")
             assert client.state == "live" and client.rt.stats["drops"] == 0
+
+
+# -- 11 -----------------------------------------------------------------------------------------------
+
+
+async def test_a_lost_answer_and_a_restart_still_apply_a_queued_change_exactly_once(tmp_path: Path) -> None:
+    """The client core's pending queue against the real server (issue 14): the PATCH reaches the server, its answer
+    is lost, the server restarts, and the change is sent again with the same id; the server answers it from its
+    idempotency record, so the story moved once and one event was published."""
+    settings = settings_for_tests()
+    db = tmp_path / "db.sqlite"
+    first = ContractServer(settings, db).start()
+    second: ContractServer | None = None
+    try:
+        alice = token_for(settings, "alice")
+        async with running(first, alice) as client:
+            client.input(lambda now: client.rt.enable_pending(None, now))
+            records: list[dict[str, Any]] = []
+            client.rt.on_mutation(records.append)
+            await until_live(client)
+            client.watch(STORIES)
+            await client.until(lambda: client.settled(STORIES), "the stories")
+            story = client.entry(STORIES).data[0]
+            target = other_status(story["status"])
+            sent: list[tuple[str, int]] = []
+            real_fetch = client.fetch
+
+            async def answer_lost(rid: str, method: str, path: str, body: Any = None, headers: Any = None) -> None:
+                if method != "PATCH":
+                    return await real_fetch(rid, method, path, body, headers)
+                hdrs = {**(headers or {}), "Authorization": "Bearer " + alice}
+                response = await client.http.request(method, path, headers=hdrs, content=body)
+                if not sent:
+                    client.input(lambda now: client.rt.fetch_result(rid, 0, "", now))  # applied, answer lost
+                else:
+                    client.input(lambda now: client.rt.fetch_result(rid, response.status_code, response.text, now))
+                sent.append((hdrs["X-Client-Mutation-Id"], response.status_code))
+
+            client.fetch = answer_lost  # type: ignore[method-assign]
+            client.hold_dials()
+            client.input(lambda now: client.rt.move_story("apollo", story["id"], target, now))
+            # the network goes before the answer (and the echo) can come back: only a resend can settle it
+            client.input(lambda now: client.rt.network_changed(False, now))
+            await wait_until(lambda: sent, "the first PATCH")
+            assert sent[0][1] == 200 and client.rt.pending.queue.count == 1  # applied, but kept: no answer
+            port = first.port
+            first.stop()
+            second = ContractServer(settings, db, port=port).start()
+            client.release_dials()
+            client.input(lambda now: client.rt.network_changed(True, now))
+            await wait_until(lambda: len(sent) == 2 and records, "the PATCH sent again and settled", detail=client.summary)
+            assert sent[0][0] == sent[1][0] and sent[1][1] == 200
+            assert records[-1]["ok"] is True and records[-1]["queued"] is True
+            assert client.rt.pending.queue.count == 0
+            assert status_of(await rest(second, alice, "GET", "/api/projects/apollo/stories"), story["id"]) == target
+            assert status_of(client.entry(STORIES).data, story["id"]) == target
+            # the client heard no echo at all (offline, then a new server): it settled on the replayed answer
+            assert [e for e in client.events if e.get("eventType") == "story.status.changed"] == []
+    finally:
+        if first._thread.is_alive():
+            first.stop()
+        if second is not None:
+            second.stop()

@@ -275,6 +275,62 @@ def run(emit):
     s.drain()
     stats = rt.stats
     emit("stats " + canon(stats))
+    run_pending(emit)
+
+
+def run_pending(emit):
+    """Pending changes (client.pending): queued offline, kept across a reload, sent in order when live with the
+    original ids, a lost answer sent again, a conflict dropped with the server's story."""
+    emit("pending")
+    stored = []
+    pages = []
+
+    def page():
+        s = Scenario(emit)
+        s.rt.enable_pending(stored[-1] if stored else None, s.now)
+        s.rt.pending.on_change(lambda text, count: (stored.append(text), emit("  stored " + str(count) + " " + canon(json.loads(text)))))
+        pages.append(s)
+        return s
+
+    s = page()
+    rt = s.rt
+    rt.start(s.now)
+    s.drain()
+    s.handshake()
+    rt.watch(("stories", "apollo"), lambda e: emit("  stories " + canon(e.data)), s.now)
+    s.drain()
+    s.reply("/apollo/stories", 200, [story(1, "todo", 5), story(2, "todo", 5)])
+    s.step("offline: two moves and an escalation")
+    rt.network_changed(False, s.now)
+    s.drain()
+    rt.move_story("apollo", 1, "review", s.now)
+    rt.move_story("apollo", 2, "done", s.now)
+    rt.create_escalation("apollo", "help", s.now)
+    s.drain()
+    s.step("reload, still offline")
+    s = page()
+    rt = s.rt
+    rt.network_changed(False, s.now)
+    rt.start(s.now)
+    rt.watch(("stories", "apollo"), lambda e: emit("  stories " + canon(e.data)), s.now)
+    s.drain()
+    s.reply("/apollo/stories", 0, None)
+    s.step("online")
+    rt.network_changed(True, s.now)
+    s.drain()
+    s.handshake()
+    s.reply("/apollo/stories", 200, [story(1, "todo", 5), story(2, "todo", 5)])
+    s.reply("/stories/1", 0, None)
+    s.advance(100)
+    s.reply("/stories/1", 200, story(1, "review", 9))
+    s.reply("/stories/2", 409, {"error": "conflict", "current": story(2, "blocked", 8)})
+    s.event(1, "review", 9, sid=1)
+    raised = {"id": 5, "projectId": "apollo", "title": "help", "status": "open", "createdBy": "u-alice", "createdAt": 10, "resolvedAt": None}
+    s.server({"type": "event", "eventType": "escalation.created", "projectId": "apollo", "seq": 2, "epoch": "e1", "timestamp": 3,
+              "data": {"escalation": raised, "clientMutationId": rt.pending.queue.ids()[0]}})  # the echo clears the mark
+    s.reply("/apollo/escalations", 201, raised)
+    s.advance(1000)
+    emit("  pending left " + canon(rt.pending.queue.ids()))
 
 
 def main():

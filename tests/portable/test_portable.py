@@ -58,6 +58,11 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         'console.info "[WebSocket] Connected (attempt ',
         'console.error "[WebSocket] No answer after 4 attempts; retrying every 10 s"',
         'link ["c-1",40]',
+        # pending changes: queued offline, restored after a reload, sent in order, conflict dropped
+        '"expect":{"status":"todo"}',
+        '"error":"conflict"',
+        '"queued":true',
+        "pending left []",
         # tabs_scenario: hand-over on close, steal from a frozen leader, resume after a server kill
         "ta tabs.role role=leader",
         "tb tabs.role role=leader leader=tb",

@@ -84,7 +84,7 @@ def test_board_puts_each_story_in_its_status_column_with_a_move_select():
     todo = html.split('data-column="todo"')[1].split('data-column="in_progress"')[0]
     assert re.findall(r'data-story-id="(\d+)" data-status', todo) == ["3", "4"]
     review = html.split('data-column="review"')[1].split('data-column="done"')[0]
-    assert 'class="story pending" data-testid="story" data-story-id="12" data-status="review"' in review
+    assert 'class="story pending" data-pending="true" data-testid="story" data-story-id="12" data-status="review"' in review
     assert '<option value="review" selected>Review</option>' in review
     assert html.count("<select") == 3
 

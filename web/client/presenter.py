@@ -207,7 +207,7 @@ def story_html(story, pending=False):
         '<select name="status" class="story-move" data-action="move-story" data-story-id="%s"'
         ' aria-label="Move story #%s: %s">%s</select></article>'
         % (
-            " pending" if pending else "",
+            ' pending" data-pending="true' if pending else "",
             escape(sid),
             escape(status),
             escape(story.get("title")),
@@ -284,7 +284,7 @@ def escalations_html(escalations, tz_offset_min=0, pending_ids=()):
             '<div class="esc-meta">%s</div></div>%s</li>'
             % (
                 escape(esc.get("status")),
-                " pending" if eid in pending_ids or sending else "",
+                ' pending" data-pending="true' if eid in pending_ids or sending else "",
                 escape(eid),
                 escape(esc.get("status")),
                 escape(esc.get("title")),
@@ -376,3 +376,23 @@ def mutation_error_text(record, intent=None):
     if kind == "resolve_escalation":
         return "Could not resolve the escalation: %s." % why
     return "A change could not be saved: %s." % why
+
+
+def pending_count_text(count):
+    """The header's count of changes waiting to be sent ("" when none)."""
+    if not count:
+        return ""
+    return "%d change%s waiting to be sent" % (count, "" if count == 1 else "s")
+
+
+def conflict_text(story):
+    """The notice when a queued move met a story someone else had moved meanwhile (HTTP 409)."""
+    story = story if isinstance(story, dict) else {}
+    status = story.get("status")
+    return "Story #%s \u201c%s\u201d was moved to %s by someone else meanwhile; your change was not applied." % (
+        story.get("id", "?"), story.get("title") or "", STATUS_LABELS.get(status, status or "?"))
+
+
+def refused_text(record):
+    """The notice when a change cannot be queued (the queue is full)."""
+    return "Not saved: %s. Reconnect to send them first." % (record.get("error") or "too many changes are waiting")

@@ -15,6 +15,7 @@ import random
 
 from . import cache as cachemod
 from . import patches, subscriptions, wire
+from . import pending as pendingmod
 from .config import ClientConfig
 from .connection import LIVE, Connection
 
@@ -64,7 +65,7 @@ def _listen(listeners, listener):
 
 
 class Mutation:
-    __slots__ = ("id", "kind", "project_id", "overlays", "settle_keys", "direct_key", "echoed", "done")
+    __slots__ = ("id", "kind", "project_id", "overlays", "settle_keys", "direct_key", "echoed", "done", "entry")
 
     def __init__(self, mid, kind, project_id):
         self.id = mid
@@ -75,6 +76,7 @@ class Mutation:
         self.direct_key = None  # key the server's answer (or echo) is applied to
         self.echoed = False
         self.done = False
+        self.entry = None  # its client.pending entry (what to send again), when a queue is on
 
 
 class Runtime:
@@ -107,6 +109,7 @@ class Runtime:
         self._auth_listeners = []
         self._batch_keys = None  # while a batch is applied: keys to invalidate once at its end
         self.auth_expires_at = None  # epoch ms of the token the server last accepted in band
+        self.pending = None  # client.pending.Pending once enable_pending() ran (docs/client.md, "Pending changes")
         self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0, "events": 0}
 
     # ------------------------------------------------------------------ adapter side
@@ -119,16 +122,18 @@ class Runtime:
     def get_timer(self):
         a = self.connection.get_timer()
         b = self.cache.get_timer()
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return a if a < b else b
+        c = self.pending.get_timer() if self.pending is not None else None
+        best = None
+        for t in (a, b, c):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def handle_timer(self, now):
         self._now = now
         self.connection.handle_timer(now)
         self.cache.handle_timer(now)
+        self._flush_pending(now)
         self._publish()
 
     def start(self, now):
@@ -303,48 +308,193 @@ class Runtime:
         return unsubscribe
 
     def move_story(self, project_id, story_id, status, now):
+        """Move a story; with a queue on, the body also says what the user saw: `expect: {status}`."""
         self._now = now
-        mutation = self._new_mutation("move_story", project_id)
-        stories_key = ("stories", project_id)
-        entry = self.cache.get(stories_key)
+        if self._refused("move_story"):
+            return None
+        entry = self.cache.get(("stories", project_id))
         current = patches.find(entry.data if entry is not None else None, story_id)
-        self._overlay(mutation, stories_key, patches.set_fields(story_id, {"status": status}), now)
-        if current is not None and current.get("status") != status:
-            deltas = {current.get("status"): -1, status: 1}
-            self._overlay(mutation, ("project", project_id), patches.adjust_counts(deltas), now)
-            self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, deltas), now)
-        mutation.direct_key = stories_key
-        mutation.settle_keys = [stories_key, ("project", project_id), ("projects",)]
-        self._send_mutation(mutation, "PATCH", "/api/stories/" + cachemod.quote(story_id), {"status": status})
+        seen = current.get("status") if current is not None else None
+        body = {"status": status}
+        if seen is not None and self.pending is not None:
+            body["expect"] = {"status": seen}
+        mutation = self._new_mutation("move_story", project_id)
+        self._mutation_overlays(mutation, story_id, status, seen, now)
+        self._submit(mutation, "PATCH", "/api/stories/" + cachemod.quote(story_id), body, story_id, status, seen, now)
         return mutation.id
 
     def create_escalation(self, project_id, title, now):
         self._now = now
+        if self._refused("create_escalation"):
+            return None
         mutation = self._new_mutation("create_escalation", project_id)
-        key = ("escalations", project_id)
-        placeholder = {"id": mutation.id, "projectId": project_id, "title": title, "status": "open", "createdBy": None, "createdAt": None, "resolvedAt": None, "pending": True}
-        self._overlay(mutation, key, patches.append(placeholder), now)
-        self._overlay(mutation, ("project", project_id), patches.adjust_counts({"openEscalations": 1}), now)
-        self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, {"openEscalations": 1}), now)
-        mutation.direct_key = key
-        mutation.settle_keys = [key, ("project", project_id), ("projects",)]
-        self._send_mutation(mutation, "POST", "/api/projects/" + cachemod.quote(project_id) + "/escalations", {"title": title})
+        self._mutation_overlays(mutation, None, title, None, now)
+        path = "/api/projects/" + cachemod.quote(project_id) + "/escalations"
+        self._submit(mutation, "POST", path, {"title": title}, None, title, None, now)
         return mutation.id
 
     def resolve_escalation(self, project_id, escalation_id, now):
         self._now = now
-        mutation = self._new_mutation("resolve_escalation", project_id)
-        key = ("escalations", project_id)
-        entry = self.cache.get(key)
+        if self._refused("resolve_escalation"):
+            return None
+        entry = self.cache.get(("escalations", project_id))
         current = patches.find(entry.data if entry is not None else None, escalation_id)
-        self._overlay(mutation, key, patches.set_fields(escalation_id, {"status": "resolved"}), now)
-        if current is not None and current.get("status") == "open":
-            self._overlay(mutation, ("project", project_id), patches.adjust_counts({"openEscalations": -1}), now)
-            self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, {"openEscalations": -1}), now)
-        mutation.direct_key = key
-        mutation.settle_keys = [key, ("project", project_id), ("projects",)]
-        self._send_mutation(mutation, "POST", "/api/escalations/" + cachemod.quote(escalation_id) + "/resolve", None)
+        seen = current.get("status") if current is not None else None
+        mutation = self._new_mutation("resolve_escalation", project_id)
+        self._mutation_overlays(mutation, escalation_id, None, seen, now)
+        path = "/api/escalations/" + cachemod.quote(escalation_id) + "/resolve"
+        self._submit(mutation, "POST", path, None, escalation_id, None, seen, now)
         return mutation.id
+
+    # ------------------------------------------------------------------ pending changes (client.pending)
+    def enable_pending(self, text=None, now=None):
+        """Queue changes made while not live (or whose request got no answer) instead of rolling them back.
+
+        `text` is the stored queue (`localStorage`, key `client.pending.storage_key(user)`): its changes show
+        at once (overlays) and are sent when live. Hear the queue change with `rt.pending.on_change`."""
+        if now is not None:
+            self._now = now
+        if self.pending is None:
+            base = self.config.reconnect_base_ms if self.config.reconnect_base_ms > 0 else pendingmod.RETRY_BASE_MS
+            self.pending = pendingmod.Pending(base_ms=base, max_ms=max(base, self.config.reconnect_max_ms))
+        self.pending_stored(text, self._now)
+
+    def pending_stored(self, text, now):
+        """The stored queue changed (read at start, or written by another tab: the `storage` event): show its
+        new changes, settle the ones it says are done, write ours back if it lacks some, send if it is our turn."""
+        self._now = now
+        pending = self.pending
+        if pending is None:
+            return
+        added, removed, differs = pending.queue.merge(text)
+        for entry in added:
+            self._restore(entry, now)
+        for entry, status, current in removed:
+            self._settled_elsewhere(entry, status, current, now)
+            if entry["id"] == pending.inflight:
+                pending.inflight = None  # its answer is moot now; the next change may go
+        if differs:
+            pending.changed(self._report)
+        self._flush_pending(now)
+
+    def pending_sender(self, can_send, now):
+        """Whether this tab sends the queue (the tabs leader, or a tab on its own) or leaves it to another."""
+        self._now = now
+        if self.pending is not None:
+            self.pending.can_send = bool(can_send)
+            self._flush_pending(now)
+
+    def discard_pending(self, now):
+        """Sign-out: drop every queued change (its overlays go) and write the empty queue."""
+        self._now = now
+        if self.pending is None:
+            return
+        entries = list(self.pending.queue.entries)
+        self.pending.queue.clear()
+        self.pending.inflight = None
+        for entry in entries:
+            self._settled_elsewhere(entry, None, None, now)
+        self.pending.changed(self._report)
+
+    def _queues(self):
+        """True when a new change must wait in the queue: not live, or older changes still wait."""
+        p = self.pending
+        return p is not None and (self.connection.state != LIVE or p.queue.count > 0)
+
+    def _refused(self, kind):
+        """The queue is full: the change is refused at once (a record with `refused`), nothing is lost silently."""
+        if not self._queues() or not self.pending.queue.full:
+            return False
+        record = {"id": None, "kind": kind, "ok": False, "status": None, "rolledBack": False, "echoed": False,
+                  "refused": True, "error": "%d changes are already waiting to be sent" % self.pending.queue.limit}
+        self._tell_mutation(record)
+        return True
+
+    def _submit(self, mutation, method, path, body, target, value, seen, now):
+        p = self.pending
+        if p is not None:
+            wall = self.connection.wall_clock() if self.connection.wall_clock is not None else None
+            at = wall if wall is not None else now
+            last = p.queue.entries[-1].get("at") if p.queue.entries else None
+            if isinstance(last, (int, float)) and at < last:
+                at = last  # this tab's changes keep their order in a merge
+            mutation.entry = p.entry_for(mutation.id, mutation.kind, mutation.project_id, target, value, seen,
+                                         method, path, body, at)
+            if self._queues():
+                p.queue.add(mutation.entry)
+                p.changed(self._report)
+                self._flush_pending(now)
+                return
+        self._send_mutation(mutation, method, path, body)
+
+    def _restore(self, entry, now):
+        """A queued change this page did not make (stored before a reload, or made in another tab)."""
+        mutation = self._mutations.get(entry["id"])
+        if mutation is None:
+            mutation = Mutation(entry["id"], entry["kind"], entry["projectId"])
+            self._mutations[mutation.id] = mutation
+            self._mutation_overlays(mutation, entry.get("target"), entry.get("value"), entry.get("seen"), now)
+        mutation.entry = entry
+
+    def _settled_elsewhere(self, entry, status, current, now):
+        """Another tab settled a queued change (`status` None: discarded): no answer body here, so a success
+        keeps its overlays until fresh data lands, a 409 applies the server's story, anything else rolls back."""
+        mutation = self._mutations.get(entry["id"])
+        if mutation is None or mutation.done:
+            return
+        mutation.done = True
+        ok = wire.is_int(status) and 200 <= status < 300
+        if status == 409 and isinstance(current, dict) and mutation.direct_key is not None:
+            self.cache.apply(mutation.direct_key, patches.upsert(current), now)
+        for key in mutation.overlays:
+            if ok:
+                self.cache.expire_overlay(key, mutation.id)
+            else:
+                self.cache.remove_overlay(key, mutation.id, now)
+        for key in mutation.settle_keys:
+            self.cache.invalidate(key, now)
+        self._remember(mutation.id)
+        if status is not None:
+            self._tell_mutation({"id": mutation.id, "kind": mutation.kind, "ok": ok, "status": status,
+                                 "error": None if ok else pendingmod.verdict(status), "rolledBack": not ok,
+                                 "echoed": mutation.echoed, "queued": True, "current": current,
+                                 "target": entry.get("target"), "value": entry.get("value")})
+
+    def _pending_result(self, mutation, status, body, now):
+        """Book a send's answer in the queue; True when the change stays queued (sent again later)."""
+        p = self.pending
+        queued = p.queue.get(mutation.id) is not None
+        if mutation.id == p.inflight or queued:
+            outcome = p.sent_result(mutation.id, status, now)
+        else:
+            outcome = pendingmod.verdict(status)
+        if not queued:
+            if status == 0 and mutation.entry is not None and p.queue.add(mutation.entry):
+                p.attempt = 1  # no answer: the request may have arrived; send it again (same id) after a pause
+                p.retry_at = now + pendingmod.retry_delay(1, p.base_ms, p.max_ms)
+                p.changed(self._report)
+                return True
+            return False
+        if outcome in (pendingmod.RETRY, pendingmod.WAIT):
+            return True
+        current = body.get("current") if isinstance(body, dict) and outcome == pendingmod.CONFLICT else None
+        p.queue.remove(mutation.id, status, current if isinstance(current, dict) else None)
+        p.changed(self._report)
+        return False
+
+    def _flush_pending(self, now):
+        """Send the head of the queue when live, ours to send and not backing off (one in flight at a time)."""
+        p = self.pending
+        if p is None:
+            return
+        entry = p.next(now, self.connection.state == LIVE)
+        if entry is None:
+            return
+        mutation = self._mutations.get(entry["id"])
+        if mutation is None:
+            self._restore(entry, now)
+            mutation = self._mutations[entry["id"]]
+        self._send_mutation(mutation, entry["method"], entry["path"], entry.get("body"))
 
     # ------------------------------------------------------------------ connection hooks
     def link_connected(self, now, msg, info):
@@ -356,6 +506,7 @@ class Runtime:
             attempts = info["attempts"] if info["attempts"] > 0 else 1  # the dial that worked counts
             self._out.append(("send", sid, wire.hello(attempts, downtime)))
         self.cache.refetch_errors(now)
+        self._flush_pending(now)
 
     def link_lost(self, now):
         self.subscriptions.socket_lost()
@@ -444,6 +595,9 @@ class Runtime:
             mutation.echoed = True
             if mutation.direct_key is not None:
                 self.cache.remove_overlay(mutation.direct_key, mutation.id, now)
+            if self.pending is not None and self.pending.queue.get(mid) is not None:
+                self.pending.queue.remove(mid, 200)  # applied: the echo clears the pending mark
+                self.pending.changed(self._report)
         else:
             for key in event_keys(event_type, project_id):
                 if verdict == subscriptions.APPLY and key in patched:
@@ -523,6 +677,28 @@ class Runtime:
         self._mutations[mutation.id] = mutation
         return mutation
 
+    def _mutation_overlays(self, mutation, target, value, seen, now):
+        """The optimistic overlays of a change (`seen`: the status the user saw, for the counts)."""
+        project_id = mutation.project_id
+        if mutation.kind == "move_story":
+            key = ("stories", project_id)
+            self._overlay(mutation, key, patches.set_fields(target, {"status": value}), now)
+            deltas = {seen: -1, value: 1} if seen is not None and seen != value else None
+        elif mutation.kind == "create_escalation":
+            key = ("escalations", project_id)
+            placeholder = {"id": mutation.id, "projectId": project_id, "title": value, "status": "open", "createdBy": None, "createdAt": None, "resolvedAt": None, "pending": True}
+            self._overlay(mutation, key, patches.append(placeholder), now)
+            deltas = {"openEscalations": 1}
+        else:
+            key = ("escalations", project_id)
+            self._overlay(mutation, key, patches.set_fields(target, {"status": "resolved"}), now)
+            deltas = {"openEscalations": -1} if seen == "open" else None
+        if deltas is not None:
+            self._overlay(mutation, ("project", project_id), patches.adjust_counts(deltas), now)
+            self._overlay(mutation, ("projects",), patches.adjust_counts_in_list(project_id, deltas), now)
+        mutation.direct_key = key
+        mutation.settle_keys = [key, ("project", project_id), ("projects",)]
+
     def _overlay(self, mutation, key, fn, now):
         self.cache.add_overlay(key, mutation.id, fn, now)
         mutation.overlays.append(key)
@@ -541,9 +717,16 @@ class Runtime:
         mutation = self._mutations.get(mid)
         if mutation is None or mutation.done:
             return
+        if self.pending is not None and self._pending_result(mutation, status, body, now):
+            return  # kept in the queue: sent again later with the same id
         mutation.done = True
+        current = body.get("current") if status == 409 and isinstance(body, dict) else None
+        if not isinstance(current, dict):
+            current = None
         if ok and isinstance(body, dict) and mutation.direct_key is not None:
             self.cache.apply(mutation.direct_key, patches.upsert(body), now)
+        elif current is not None and mutation.direct_key is not None:
+            self.cache.apply(mutation.direct_key, patches.upsert(current), now)  # the server's state wins
         for key in mutation.overlays:
             if ok and key != mutation.direct_key:
                 self.cache.expire_overlay(key, mutation.id)  # counts stay until fresh data lands
@@ -551,14 +734,27 @@ class Runtime:
                 self.cache.remove_overlay(key, mutation.id, now)  # success: answer applied; error: rollback
         for key in mutation.settle_keys:
             self.cache.invalidate(key, now)
+        self._remember(mid)
+        record = {"id": mid, "kind": mutation.kind, "ok": ok, "status": status, "error": error, "rolledBack": not ok, "echoed": mutation.echoed}
+        if self.pending is not None:
+            record["queued"] = mutation.entry is not None and self.pending.queue.settled(mid) is not None
+            record["current"] = current
+            if mutation.entry is not None:
+                record["target"] = mutation.entry.get("target")
+                record["value"] = mutation.entry.get("value")
+        self._tell_mutation(record)
+        self._flush_pending(now)
+
+    def _remember(self, mid):
         self._recent.append(mid)
         if len(self._recent) > RECENT_MUTATIONS:
             old = self._recent.pop(0)
             self._mutations.pop(old, None)
-        record = {"id": mid, "kind": mutation.kind, "ok": ok, "status": status, "error": error, "rolledBack": not ok, "echoed": mutation.echoed}
+
+    def _tell_mutation(self, record):
         for listener in list(self._mutation_listeners):
             try:
-                listener(record)
+                listener(dict(record))
             except Exception as exc:
                 self._report(exc)
 

@@ -14,6 +14,8 @@ from client import session as tokenlife
 from client.runtime import Runtime
 from client.tabs import Tabs
 
+from . import offline
+from . import pending as browser_pending
 from . import prefetch, storage
 from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
@@ -79,7 +81,7 @@ class Session:
     """One signed-in user: the runtime, the tabs link around it (status, retry), its adapter, and the
     unsubscribe callables to run at the end."""
 
-    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs", "auth")
+    __slots__ = ("rt", "link", "adapter", "user", "unsubs", "project_subs", "detail_unsubs", "auth", "pending")
 
     def __init__(self, rt, link, adapter, user):
         self.rt = rt
@@ -90,6 +92,7 @@ class Session:
         self.project_subs = {}
         self.detail_unsubs = []
         self.auth = None  # BrowserSession: the token's life (refresh, sign-out)
+        self.pending = None  # browser.pending.PendingStore: the queue of changes not sent yet
 
     def close(self):
         for unsub in self.detail_unsubs + list(self.project_subs.values()) + self.unsubs:
@@ -102,6 +105,8 @@ class Session:
         self.unsubs = []
         if self.auth is not None:
             self.auth.dispose()
+        if self.pending is not None:
+            self.pending.dispose()
         self.adapter.stop()
 
 
@@ -126,6 +131,7 @@ class DashboardApp:
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
         self.view.listen(self.on_click, self.on_change, self.on_submit)
         self.details.attach()
+        offline.register()
         try:
             early = await prefetch.take("/api/config")
             if early is None:
@@ -162,6 +168,8 @@ class DashboardApp:
         self.view.reset_app()
         self.view.show_app(user, focus)
         session.unsubs.append(rt.on_mutation(self.on_mutation))
+        session.pending = browser_pending.PendingStore(rt, link, user)
+        session.pending.attach(adapter.pump, self.rerender_pending)
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
         session.auth = BrowserSession(link, rt, adapter, self.on_signed_out)
@@ -180,7 +188,13 @@ class DashboardApp:
         self.pending = {}
 
     def logout(self):
-        """Sign out: the session core asks the server to revoke the session (`on_signed_out` does the rest)."""
+        """Sign out (after confirming that changes still waiting are discarded): the session core asks the server
+        to revoke the session (`on_signed_out` does the rest)."""
+        pending = self.session.pending if self.session is not None else None
+        if pending is not None and pending.count:
+            if not bool(js.window.confirm("%s. Sign out and discard them?" % presenter.pending_count_text(pending.count))):
+                return
+            pending.discard()
         if self.session is not None and self.session.auth is not None:
             self.session.auth.sign_out()
         else:
@@ -193,11 +207,13 @@ class DashboardApp:
         if reason == tokenlife.USER:
             self.end_session()
             storage.clear(reason)
+            offline.forget()
             self.view.reset_app()
             self.view.show_login(focus=True)
         elif reason == tokenlife.ELSEWHERE:
             why = storage.signout_reason()
             self.end_session()
+            offline.forget()
             self.view.reset_app()
             self.view.show_login(tokenlife.message(why if why and why != tokenlife.USER else reason))
         elif not self._signed_out:
@@ -325,7 +341,10 @@ class DashboardApp:
         self.view.project_header(project.get("name") or project.get("id"), project.get("description") or "", "")
 
     def _pending_ids(self, kind):
-        return [intent.get("target") for intent in self.pending.values() if intent.get("kind") == kind]
+        ids = [intent.get("target") for intent in self.pending.values() if intent.get("kind") == kind]
+        if self.session is not None and self.session.pending is not None:
+            ids += self.session.pending.targets(kind)  # queued, also by another tab or before a reload
+        return ids
 
     def on_stories(self, entry):
         data = _entry(entry, "data")
@@ -357,8 +376,16 @@ class DashboardApp:
     def on_mutation(self, record):
         intent = self.pending.pop(record.get("id"), None) or self._intent or {}
         intent["done"] = True
-        if not record.get("ok"):
+        if record.get("refused"):
+            self.view.show_notice(presenter.refused_text(record))
+        elif record.get("status") == 409 and isinstance(record.get("current"), dict) and self.session is not None:
+            self.session.pending.show_conflict(record["current"])
+        elif not record.get("ok"):
+            if not intent.get("kind") and record.get("kind") == "move_story":  # a queued change: no intent here
+                intent = {"kind": "move_story", "story_id": record.get("target"), "to": record.get("value")}
             self.view.show_notice(presenter.mutation_error_text(record, intent))
+        if self.session is not None and self.session.pending is not None:
+            self.session.pending.show_count()
         self.rerender_pending()
 
     def rerender_pending(self):
@@ -379,6 +406,8 @@ class DashboardApp:
         session = self.session
         if action == "dismiss-notice":
             self.view.hide_notice()
+        elif action == "dismiss-conflict" and session is not None:
+            session.pending.hide_conflict()
         elif action == "logout":
             self.logout()
         elif session is None:

@@ -73,6 +73,10 @@ class BrowserSession:
         """The link's status after a change (`render_status` calls it after every pump)."""
         if self._disposed or not isinstance(status, dict):
             return
+        if status.get("state") == "auth-required":
+            # the link may have found the token gone before this tab heard the `storage` event of the tab that
+            # signed out: what storage holds decides first (signed out elsewhere, or a fresher token)
+            self.core.token_seen(storage.token(), now_ms())
         self.core.link_state(status.get("state"), now_ms())
         self._run()
 

@@ -50,6 +50,15 @@ _counter = itertools.count(1)
 _background: set[asyncio.Future[None]] = set()  # membership re-checks of async stores in flight
 
 
+def _header(scope: Any, name: bytes) -> str | None:
+    """One request header straight from the ASGI scope (`websocket.headers` would build a header map that the
+    connection then keeps for its whole life)."""
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _client_id() -> str:
     return f"c-{next(_counter):x}{secrets.token_hex(3)}"
 
@@ -231,6 +240,7 @@ class _Connection:
     async def _read(self) -> None:
         ws, session, outbox = self.ws, self.session, self.outbox
         while True:
+            message = text = None  # an idle connection does not keep its last message alive while it waits
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.peer_code = int(message.get("code") or 1005)
@@ -414,11 +424,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         return
     try:
         store = app.state.store
-        origin = websocket.headers.get("origin")
+        origin = _header(websocket.scope, b"origin")
         offered = websocket.scope.get("subprotocols") or ()
         via = "subprotocol" if any(p.startswith(frames.BEARER_PREFIX) for p in offered) else "query"
         del offered
-        if not origin_allowed(settings, origin, websocket.headers.get("host")):
+        if not origin_allowed(settings, origin, _header(websocket.scope, b"host")):
             metrics.auth_failures.labels(reason="origin").inc()
             metrics.connections_total.labels(status="origin_forbidden").inc()
             log_event("ws.auth_failed", logging.WARNING, reason="origin not allowed", origin=origin[:200] if origin else None)

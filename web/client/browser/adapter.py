@@ -306,24 +306,7 @@ class BrowserAdapter:
     # -- logs and signals ------------------------------------------------------------------
 
     def _log(self, record):
-        """One readable `[WebSocket] …` line (client/logtext.py) with the record's fields as an object after it."""
-        try:
-            record = _redact(record)
-            level, line = logtext.line(record)
-            details = to_js(logtext.fields(record))
-        except Exception:
-            level, line, details = "info", "%s %s" % (LOG_PREFIX, record), None
-        method = LOG_METHODS.get(level, "log")
-        if details is None:
-            js.console.log(line)
-        elif method == "warn":
-            js.console.warn(line, details)
-        elif method == "error":
-            js.console.error(line, details)
-        elif method == "debug":
-            js.console.debug(line, details)
-        else:
-            js.console.info(line, details)
+        log_record(record)
 
     def _listen(self, target, name, fn):
         handler = proxy(fn)
@@ -369,6 +352,28 @@ class BrowserAdapter:
         self.rt.visibility_changed(text(js.document.visibilityState) != "hidden", now)
         self.rt.lifecycle_changed(False, now)
         self.pump()
+
+
+def log_record(record):
+    """One readable `[WebSocket] …` console line (client/logtext.py) with the record's fields (secrets redacted) as an
+    object after it; the adapter's and the session's telemetry both go through here."""
+    try:
+        record = _redact(record)
+        level, line = logtext.line(record)
+        details = to_js(logtext.fields(record))
+    except Exception:
+        level, line, details = "info", "%s %s" % (LOG_PREFIX, record), None
+    method = LOG_METHODS.get(level, "log")
+    if details is None:
+        js.console.log(line)
+    elif method == "warn":
+        js.console.warn(line, details)
+    elif method == "error":
+        js.console.error(line, details)
+    elif method == "debug":
+        js.console.debug(line, details)
+    else:
+        js.console.info(line, details)
 
 
 def socket_url(ws_path):

@@ -17,10 +17,10 @@ every status change, `sign_out()` for the Sign out button and `dispose()` at the
 
 import asyncio
 
-from client import logtext
 from client.session import Session
 
 from . import storage
+from .adapter import log_record
 from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js
 
 REFRESH_LOCK = "dashboard.refresh"
@@ -136,7 +136,7 @@ class BrowserSession:
         elif kind == "signed_out":
             self.on_signed_out(command[1])
         elif kind == "log":
-            _log(command[1])
+            log_record(command[1])
 
     # -- refresh ---------------------------------------------------------------------------
 
@@ -272,15 +272,3 @@ async def _logout(token):
     except Exception as exc:  # offline: the access token still dies at its expiry
         js.console.warn("[Session] sign-out request failed: " + str(exc)[:200])
 
-
-def _log(record):
-    level, line = logtext.line(record)
-    details = to_js(logtext.fields(record))
-    if level == "warn":
-        js.console.warn(line, details)
-    elif level == "error":
-        js.console.error(line, details)
-    elif level == "debug":
-        js.console.debug(line, details)
-    else:
-        js.console.info(line, details)

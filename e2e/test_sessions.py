@@ -13,8 +13,9 @@ import pytest
 from playwright.sync_api import expect
 
 from .harness import USERS, pick_move, wait_until
-from .pages import login_live, open_dashboard, status, story
+from .pages import login_live, status, story
 from .records import metric
+from .test_tabs import open_tabs
 from .wslog import WsLog
 
 SHORT_TOKENS = pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="4")
@@ -138,11 +139,7 @@ def test_a_tab_frozen_past_its_token_expiry_comes_back_live_without_the_sign_in_
 
 @SHORT_TOKENS
 def test_two_tabs_refresh_once_per_token_and_never_trip_reuse_detection(context, server):
-    a = context.new_page()
-    login_live(a, server)
-    b = context.new_page()
-    open_dashboard(b, server.url)
-    expect(status(b)).to_have_attribute("data-state", "live")
+    a, b = open_tabs(context, server, count=2)
     logs = [WsLog(a), WsLog(b)]
     before = metric(server.url, "dashboard_auth_refresh_total", result="ok")
     started = time.monotonic()
@@ -165,11 +162,7 @@ def test_two_tabs_refresh_once_per_token_and_never_trip_reuse_detection(context,
 
 @pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="60")  # long enough that a 401 proves the sign-out, not the expiry
 def test_sign_out_in_one_tab_signs_every_tab_out_within_2_s_and_kills_the_token(context, server):
-    a = context.new_page()
-    login_live(a, server)
-    b = context.new_page()
-    open_dashboard(b, server.url)
-    expect(status(b)).to_have_attribute("data-state", "live")
+    a, b = open_tabs(context, server, count=2)
     token = stored_token(a)
     assert rest_status(server.url, token) == 200
     a.get_by_test_id("logout-button").click()

@@ -11,7 +11,7 @@ ContractClient.create(server, token, project)` inside the test's event loop, `st
 
 `ContractServer` is the in-process uvicorn of the real-time tests (`realtime_harness.LiveServer`) on a
 chosen port and an SQLite file, so a "restart" is a second server on the same address and data.
-`FlakyBus` is the in-process bus with a switch that makes it unreachable (`down = True`), as a Redis
+`FlakyBus` (from `realtime_harness`) is the in-process bus with a switch that makes it unreachable (`down = True`), as a Redis
 outage looks to the hub.
 
 `wait_until(predicate, what)` polls with a deadline; `quiet_for(predicate, seconds)` checks that
@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from realtime_harness import LiveServer, blocking
+from realtime_harness import FlakyBus, LiveServer, blocking
 from websockets.asyncio.client import ClientConnection
 
-from backend.bus import Event, EventBus
-from backend.bus.memory import MemoryBus
+from backend.bus import EventBus
 from backend.cli import DashboardServer, uvicorn_config
 from backend.demo import seed_if_empty
 from backend.settings import Settings
@@ -56,22 +55,6 @@ class ContractServer(LiveServer):
         if port is not None:
             self.port = port
             self.server = DashboardServer(uvicorn_config(self.app, settings, "127.0.0.1", port))
-
-
-class FlakyBus(MemoryBus):
-    """`MemoryBus` whose history reads fail while `down` is set (subscribes then answer `unavailable`)."""
-
-    down = False
-
-    async def position(self, project_id: str) -> tuple[str, int]:
-        if self.down:
-            raise ConnectionError("event bus down")
-        return await super().position(project_id)
-
-    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
-        if self.down:
-            raise ConnectionError("event bus down")
-        return await super().replay(project_id, epoch, seq)
 
 
 async def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S,

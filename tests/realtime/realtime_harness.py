@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from backend.app import create_app
 from backend.auth import issue_token
-from backend.bus import EventBus
+from backend.bus import Event, EventBus
+from backend.bus.memory import MemoryBus
 from backend.cli import DashboardServer, uvicorn_config
 from backend.demo import seed_if_empty
 from backend.settings import Settings
@@ -88,6 +89,22 @@ async def _set_members(store: Store, user_id: str, projects: set[str]) -> None:
 def set_members(store: Store, user_id: str, projects: set[str]) -> None:
     """Make `user_id` (created if needed) a member of exactly `projects` (created if needed)."""
     blocking(_set_members, store, user_id, projects)
+
+
+class FlakyBus(MemoryBus):
+    """`MemoryBus` whose history reads fail while `down` is set (subscribes then answer `unavailable`)."""
+
+    down = False
+
+    async def position(self, project_id: str) -> tuple[str, int]:
+        if self.down:
+            raise ConnectionError("event bus down")
+        return await super().position(project_id)
+
+    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
+        if self.down:
+            raise ConnectionError("event bus down")
+        return await super().replay(project_id, epoch, seq)
 
 
 class FakeStore:

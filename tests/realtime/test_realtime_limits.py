@@ -30,6 +30,7 @@ from backend.realtime.session import (
 from realtime_harness import (
     TIMEOUT,
     FakeStore,
+    FlakyBus,
     LiveServer,
     close_code,
     make_settings,
@@ -237,20 +238,6 @@ def test_uvicorn_runs_with_the_concurrency_limit_setting() -> None:
 
 
 # -- a subscribe the bus failed is retried by the server -----------------------------------------
-
-
-class FlakyBus(MemoryBus):
-    down = False
-
-    async def position(self, project_id: str) -> tuple[str, int]:
-        if self.down:
-            raise ConnectionError("event bus down")
-        return await super().position(project_id)
-
-    async def replay(self, project_id: str, epoch: str, seq: int) -> list[Event] | None:
-        if self.down:
-            raise ConnectionError("event bus down")
-        return await super().replay(project_id, epoch, seq)
 
 
 async def test_an_unavailable_subscribe_completes_by_itself_once_the_bus_is_back() -> None:

@@ -31,6 +31,7 @@ from . import changes
 from .auth import AuthError, bearer_token, verify_password, verify_token
 from .limits import LoginGate, LoginLimiter
 from .logs import log_event
+from .sessions import proves_user
 from .store import MAX_ID, STORY_STATUSES, IntegrityError, NotFound, Store, Unavailable
 from .store.store import _dummy_hash
 
@@ -165,8 +166,7 @@ async def _user_id(request: Request, route: str) -> str:
     """The caller's user id from a valid bearer token of a known user; 401 otherwise."""
     claims = await _claims(request, route)
     user_id = str(claims["sub"])
-    checker = getattr(request.app.state, "token_checker", None)
-    if claims.get("sid") and getattr(checker, "checks_user", False):
+    if proves_user(request.app, claims):
         return user_id  # the session check proved the user exists
     if not await _store(request).has_user(user_id):
         raise ApiError(401, "unauthorized", "unknown user", UNAUTHORIZED)

@@ -33,6 +33,13 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def proves_user(app: Any, claims: dict[str, Any]) -> bool:
+    """True when the app's `token_checker` will also prove that the token's user exists (a token with a session,
+    checked by `Sessions.check`): REST and the WebSocket handshake then skip their own user lookup."""
+    checker = getattr(app.state, "token_checker", None)
+    return bool(claims.get("sid")) and bool(getattr(checker, "checks_user", False))
+
+
 class Sessions:
     def __init__(self, settings: Any, store: Any, bus: Any, hub: Any, metrics: Any) -> None:
         self.settings = settings
@@ -60,7 +67,7 @@ class Sessions:
             return "unknown session"
         return None if live else "session revoked"
 
-    check.checks_user = True  # type: ignore[attr-defined]  # read through the bound method by the WebSocket endpoint
+    check.checks_user = True  # type: ignore[attr-defined]  # read through the bound method (`proves_user`)
 
     def _access(self, user_id: str, sid: str) -> tuple[str, int]:
         return issue_token(self.settings, user_id, sid=sid)

@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ..auth import AuthError, verify_token
 from ..logs import log_event
 from ..metrics import Metrics
+from ..sessions import proves_user
 from ..settings import Settings
 from . import frames, leases
 from .hub import Hub, Refused
@@ -438,7 +439,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             claims = verify_token(settings, token)
             user_id = str(claims["sub"])
             user: Any = True
-            if not (_session_id(claims) and getattr(getattr(app.state, "token_checker", None), "checks_user", False)):
+            if not proves_user(app, claims):
                 # one lookup unless the session check below also proves the user exists (one query per handshake)
                 user = store.has_user(user_id) if hasattr(store, "has_user") else True
                 if inspect.isawaitable(user):

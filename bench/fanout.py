@@ -315,6 +315,7 @@ async def run_fanout_async(cfg: FanoutConfig) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(cfg).items()}
     settings["steps"] = {n: cfg.steps_for(n) for n in cfg.sizes}
     settings["burst"] = {n: cfg.burst_for(n) for n in cfg.sizes}
+    settings["client"] = "picows"  # bench/loadgen.py's WebSocket client
     print_header("fan-out + memory", info, settings)
     RAW.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))

@@ -4,8 +4,9 @@ The fan-out driver starts several of these (`python -m bench.loadgen`) so that t
 bottleneck. Each connection is a `picows` listener (a WebSocket client written in Cython): frames are parsed
 in C and handed to `on_ws_frame` from the socket's read callback, with no task, queue or future per
 connection or per frame; an event frame's bench stamps are read with one regular expression instead of a
-JSON parse (3 µs per event). So a client costs ~2 µs of CPU per event, where the `websockets` asyncio client
-with `json.loads` cost ~15 µs per frame, as much as the server's send, and capped what could be measured. Commands, one JSON object per line, each answered by one JSON line:
+JSON parse. Measured in the fan-out run (process CPU, kernel included): ~12-15 µs per frame, where the
+`websockets` asyncio client with `json.loads` cost ~25-30 µs and filled the client core before the server's.
+Commands, one JSON object per line, each answered by one JSON line:
 
 - `{"cmd":"connect","url":...,"count":K,"subprotocols":[...],"origin":...,"project":"apollo"}`: open K
   connections (at most `concurrency` handshakes in flight), subscribe each to the project, wait for

@@ -63,7 +63,7 @@ def fanout_md(data: dict[str, Any], img: str) -> list[str]:
     s = data["settings"]
     out = ["### Fan-out: deliveries/s and publish-to-receipt latency", ""]
     out += machine_lines(data)
-    out.append(f"- Load: {s['workers']} load-generator processes (`websockets` client, uvloop)"
+    out.append(f"- Load: {s['workers']} load-generator processes (`{s.get('client', 'websockets')}` client, uvloop)"
                + (", server pinned to CPU 0 and clients to CPU 1" if s.get("pin") else "")
                + f"; fixed-rate steps of {s['step_s']:g} s, then a burst of back-to-back changes; "
                f"every client subscribed to one project. Events are published as the product's changes publish "

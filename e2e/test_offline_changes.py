@@ -165,6 +165,41 @@ def test_offline_changes_survive_a_reload_and_are_applied_exactly_once(page, con
     assert page.get_by_test_id("notice").is_hidden() and page.get_by_test_id("conflict-notice").is_hidden()
 
 
+def test_a_change_refused_by_a_full_queue_leaves_the_story_as_it_was(page, context, server, api):
+    """The queue holds at most `client.pending.LIMIT` changes: one more is refused at once with a notice, and the
+    story's status picker goes back to the status the story has (not left showing the refused choice)."""
+    offline_ready(page, server)
+    (first, first_to), (other, other_to) = two_moves(api)
+    context.set_offline(True)
+    expect(status(page)).to_have_attribute("data-state", "offline")
+    move(page, first["id"], first_to)
+    expect(pending_count(page)).to_have_attribute("data-count", "1")
+    # fill the stored queue up to its limit with copies of that change, then reload (still offline) to load it
+    filled = page.evaluate("""() => {
+        const key = Object.keys(localStorage).find(k => k.startsWith('dashboard.pending.'));
+        const data = JSON.parse(localStorage.getItem(key));
+        const one = data.entries[0];
+        for (let i = 1; i < 200; i++) data.entries.push({...one, id: one.id + '-' + i, at: one.at + i});
+        localStorage.setItem(key, JSON.stringify(data));
+        return data.entries.length;
+    }""")
+    assert filled == 200
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-app", "ready", timeout=30_000)
+    expect(status(page)).to_have_attribute("data-state", "offline")
+    expect(pending_count(page)).to_have_attribute("data-count", "200")
+
+    card = story(page, other["id"])
+    card.locator("select").select_option(other_to)
+    notice = page.get_by_test_id("notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("Not saved: 200 changes are already waiting to be sent")
+    expect(card).to_have_attribute("data-status", other["status"])
+    expect(card).not_to_have_attribute("data-pending", "true")
+    expect(card.locator("select")).to_have_value(other["status"])
+    expect(pending_count(page)).to_have_attribute("data-count", "200")
+
+
 def test_a_lost_response_is_sent_again_with_the_same_id_and_applied_once(page, server, api, project_events):
     login_live(page, server)
     (target, to), _ = two_moves(api)

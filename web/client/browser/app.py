@@ -386,6 +386,8 @@ class DashboardApp:
             self.view.show_notice(presenter.mutation_error_text(record, intent))
         if self.session is not None and self.session.pending is not None:
             self.session.pending.show_count()
+        if not record.get("ok"):
+            self.view.forget("board", "escalations")  # a refused change leaves no trace in the markup
         self.rerender_pending()
 
     def rerender_pending(self):

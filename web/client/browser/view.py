@@ -202,6 +202,12 @@ class View:
 
     # -- data ------------------------------------------------------------------------------
 
+    def forget(self, *keys):
+        """Forget what was last written under `keys`: the next write redraws even identical markup (a control the
+        user changed, e.g. a story's status picker after a refused move, goes back to what the markup says)."""
+        for key in keys:
+            self._last.pop(key, None)
+
     def html(self, key, element, markup):
         if self._set(key, markup):
             focused = _focused_key(element)

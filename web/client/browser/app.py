@@ -386,8 +386,6 @@ class DashboardApp:
             self.view.show_notice(presenter.mutation_error_text(record, intent))
         if self.session is not None and self.session.pending is not None:
             self.session.pending.show_count()
-        if not record.get("ok"):
-            self.view.forget("board", "escalations")  # a refused change leaves no trace in the markup
         self.rerender_pending()
 
     def rerender_pending(self):
@@ -457,6 +455,7 @@ class DashboardApp:
                 current = story.get("status")
         if to == current:
             return
+        self.view.forget("board")  # the picker now shows `to`: the next render rewrites it, even a refused move's
         self.view.hide_notice()
         intent = {"kind": "move_story", "target": story_id, "story_id": story_id, "from": current, "to": to}
         mid = self._mutate(intent, lambda rt: rt.move_story(self.selected, story_id, to, now_ms()))

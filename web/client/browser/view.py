@@ -203,8 +203,8 @@ class View:
     # -- data ------------------------------------------------------------------------------
 
     def forget(self, *keys):
-        """Forget what was last written under `keys`: the next write redraws even identical markup (a control the
-        user changed, e.g. a story's status picker after a refused move, goes back to what the markup says)."""
+        """Forget what was last written under `keys`: the next write redraws even identical markup (call it when
+        the user changed a control inside that markup: the redraw puts it back to what the markup says)."""
         for key in keys:
             self._last.pop(key, None)
 

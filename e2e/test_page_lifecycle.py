@@ -4,8 +4,9 @@ Both tests use a Chromium this test starts itself (`cdp_browser`): pages Playwri
 visible, cannot really be frozen, and have no back/forward cache (`--disable-back-forward-cache`).
 
 1. Back/forward cache: the user navigates away and comes back. On `pagehide` the page closes its socket
-   with 4001 (the server frees it at once); Chromium keeps the page; on `pageshow` (persisted) it dials at
-   once and resumes with `since`.
+   with 4001 (the server frees it at once); Chromium keeps the page, even through a garbage collection
+   meanwhile (index.html holds the interpreter's finalizers); on `pageshow` (persisted) it dials at once and
+   resumes with `since`.
 2. A hidden tab that Chromium freezes (CDP `Page.setWebLifecycleState`): on `freeze` the page closes its
    socket with 4001 (the server does not wait for a heartbeat timeout); on `resume` it dials at once.
 
@@ -99,6 +100,14 @@ class Away:
         assert metric(self.server.url, "websocket_active_connections") == 1
 
 
+def collect_garbage(page) -> None:
+    """A full collection in the page's renderer (CDP), as the next page's allocations bring one sooner or later."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("HeapProfiler.enable")
+    cdp.send("HeapProfiler.collectGarbage")
+    cdp.detach()
+
+
 @SLOW_BACKOFF
 def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cdp_browser, server, api):
     away = Away(cdp_browser, server, api)
@@ -110,8 +119,12 @@ def test_back_forward_cache_round_trip_is_live_at_once_with_the_missed_events(cd
 
     page.goto(server.url + "/healthz")
     away.socket_freed()
+    collect_garbage(page)  # in the renderer the cached page shares with this one: its finalizers must not run
     away.change_meanwhile()
     page.go_back(wait_until="commit")  # a page restored from the cache fires no `load`
+    expect(status(page)).to_have_attribute("data-state", "live")
+    restored = page.evaluate("window.lifecycleMarker") == "kept"
+    assert restored, f"reloaded, not restored from the back/forward cache: {not_cached}"
     away.back_live_with_the_missed_events()
     assert not not_cached, f"not restored from the back/forward cache: {not_cached}"
 
@@ -142,3 +155,46 @@ def test_hidden_then_frozen_tab_frees_its_socket_and_resumes_at_once(cdp_browser
     page.wait_for_function("document.visibilityState === 'visible'", polling=100)
     away.log.wait_for("visible", start=away.mark_log)
     expect(status(page)).to_have_attribute("data-state", "live")
+
+
+FINALIZER_PROBE = """() => {
+  const Native = Object.getPrototypeOf(FinalizationRegistry);  // the browser's own, under the page's
+  window.cleaned = [];
+  window.registry = new FinalizationRegistry((held) => cleaned.push(held));
+  window.control = {seen: 0, registry: new Native(() => { control.seen += 1; })};
+  window.track = (held, token) => {  // an object that only the registry knows of, and a control next to it
+    registry.register({}, held, token);
+    control.registry.register({}, held);
+  };
+  window.transition = (type) => dispatchEvent(new PageTransitionEvent(type, {persisted: true}));
+}"""
+
+
+def _collect_and_settle(page, controls: int) -> None:
+    """Collect, then wait for the unwrapped control registry's clean-ups: the page's would have run by then."""
+    collect_garbage(page)
+    page.wait_for_function("(n) => window.control.seen >= n", arg=controls, polling=20, timeout=10_000)
+    page.evaluate("() => new Promise((r) => setTimeout(r, 50))")  # one more turn of the task queue
+
+
+def test_finalizers_are_held_while_the_page_is_cached_and_run_when_it_comes_back(page, server):
+    page.goto(server.url + "/")
+    page.evaluate(FINALIZER_PROBE)
+    assert page.evaluate("() => { try { registry.register(window, window); } catch (e) { return e.name; } }") == "TypeError"
+
+    page.evaluate("() => track('before')")
+    _collect_and_settle(page, 1)
+    assert page.evaluate("cleaned") == ["before"]  # a page that is shown cleans up as usual
+
+    page.evaluate("() => { track('away'); window.kept = {}; registry.register(kept, 'kept'); transition('pagehide'); }")
+    _collect_and_settle(page, 2)
+    assert page.evaluate("cleaned") == ["before"]  # held while cached: no page script runs
+
+    page.evaluate("() => transition('pageshow')")
+    assert page.evaluate("cleaned") == ["before", "away"]  # deferred, not lost; `kept` is still alive
+
+    page.evaluate("() => { window.token = {}; track('dropped', token); }")
+    assert page.evaluate("() => [registry.unregister(token), registry.unregister(token)]") == [True, False]
+    page.evaluate("() => { delete window.kept; }")
+    _collect_and_settle(page, 3)
+    assert page.evaluate("cleaned") == ["before", "away", "kept"]  # re-registered on `pageshow`; unregistered stays out

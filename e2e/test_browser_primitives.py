@@ -69,9 +69,12 @@ def test_a_lock_is_exclusive_queued_in_order_and_released_when_its_page_closes(p
     _, (a, b, c) = pages
     a.evaluate("take('a')")
     until_seen(a, "granted:a")
-    b.evaluate("take('b')")
-    c.evaluate("take('c')")
     query = "navigator.locks.query().then(q => [q.held.length, q.pending.length])"
+    # the queue's order is the order the browser's lock manager hears the requests in, and two pages' requests
+    # travel on two pipes: `c` asks only once `b`'s request is known to wait (else `c` may come first)
+    b.evaluate("take('b')")
+    wait_until(lambda: a.evaluate(query) == [1, 1], 10, message="one lock held, one request waiting")
+    c.evaluate("take('c')")
     wait_until(lambda: a.evaluate(query) == [1, 2], 10, message="one lock held, two requests waiting")
     a.close()  # the lock goes to the first waiter (a message posted on `pagehide` may or may not arrive)
     until_seen(b, "granted:b")

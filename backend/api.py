@@ -299,7 +299,13 @@ async def refresh(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    claims = await _claims(request, "/api/auth/logout")
+    """Ends the bearer's session, even when the token has expired or the session has already ended (a sign-out
+    the page could only send once back online, docs/client.md "Sign-out"): a token can only end its own session."""
+    try:
+        claims = verify_token(request.app.state.settings, bearer_token(request.headers.get("authorization")), expired_ok=True)
+    except AuthError as exc:
+        log_event("http.auth_failed", logging.INFO, route="/api/auth/logout", reason=str(exc), ip=_client_ip(request))
+        raise ApiError(401, "unauthorized", str(exc), UNAUTHORIZED) from None
     return await request.app.state.sessions.logout(request, claims)  # type: ignore[no-any-return]
 
 

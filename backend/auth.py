@@ -62,8 +62,9 @@ def issue_token(
     return jwt.encode(claims, settings.resolved_jwt_secret(), algorithm=ALGORITHM), expires
 
 
-def verify_token(settings: Settings, token: str | None) -> dict[str, object]:
-    """Return the verified claims; raise `AuthError` with a short, token-free reason."""
+def verify_token(settings: Settings, token: str | None, *, expired_ok: bool = False) -> dict[str, object]:
+    """Return the verified claims; raise `AuthError` with a short, token-free reason. `expired_ok`: a token past its
+    `exp` still passes (signature, audience and issuer are checked all the same); only sign-out uses it."""
     if not token:
         raise AuthError("missing token")
     try:
@@ -74,7 +75,8 @@ def verify_token(settings: Settings, token: str | None) -> dict[str, object]:
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway_s,
-            options={"require": ["sub", "iat", "exp", "aud", "iss"], "enforce_minimum_key_length": True},
+            options={"require": ["sub", "iat", "exp", "aud", "iss"], "enforce_minimum_key_length": True,
+                     "verify_exp": not expired_ok},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None

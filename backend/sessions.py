@@ -118,10 +118,10 @@ class Sessions:
         return response
 
     async def logout(self, request: Request, claims: dict[str, Any]) -> Response:
-        """`POST /api/auth/logout` (bearer): the caller's session ends everywhere; 204."""
+        """`POST /api/auth/logout` (bearer, possibly expired): the caller's session ends everywhere; 204, also when it
+        had already ended."""
         sid = claims.get("sid")
-        if isinstance(sid, str):
-            await self.store.revoke_session(sid, "signed out")
+        if isinstance(sid, str) and await self.store.revoke_session(sid, "signed out"):
             await self.revoked(sid)
         log_event("auth.logout", user_id=claims.get("sub"))
         response = Response(status_code=204, headers={"Cache-Control": "no-store"})

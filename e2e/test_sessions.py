@@ -6,6 +6,7 @@ shows the sign-in form with a message."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from .harness import USERS, pick_move, wait_until
-from .pages import login_live, status, story
+from .pages import login_live, sign_in, status, story
 from .records import metric
 from .test_tabs import open_tabs
 from .wslog import WsLog
@@ -196,3 +197,46 @@ def test_a_revoked_session_reuse_detected_shows_the_sign_in_form_with_a_message(
     page.wait_for_timeout(2000)  # no reconnect and no refresh loop can only be seen over a window of time
     assert len(sockets) == 1
     assert len(log.records("session.refresh-refused")) <= 1
+
+
+def owed_signouts(page) -> list[str]:
+    return json.loads(page.evaluate("localStorage.getItem('dashboard.signout-owed')") or "[]")
+
+
+@pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="60")
+def test_a_sign_out_made_offline_ends_the_session_once_the_network_is_back(context, page, server):
+    login_live(page, server)
+    token = stored_token(page)
+    context.set_offline(True)
+    page.get_by_test_id("logout-button").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    assert stored_token(page) is None
+    assert owed_signouts(page) == [token]  # owed: the server has not heard
+    assert rest_status(server.url, token) == 200
+
+    context.set_offline(False)  # `online`: the page sends it now, not at its retry timer (5 s)
+    wait_until(lambda: rest_status(server.url, token) == 401, 4, message="the session ended once back online")
+    wait_until(lambda: owed_signouts(page) == [], 2, message="nothing owed any more")
+
+
+@pytest.mark.server_env(DASHBOARD_TOKEN_TTL_S="60")
+def test_a_sign_out_sent_after_a_new_sign_in_ends_only_the_old_session(context, page, server):
+    page.route("**/api/auth/logout", lambda route: route.abort("internetdisconnected"))  # the server never hears
+    login_live(page, server)
+    old = stored_token(page)
+    page.get_by_test_id("logout-button").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    assert owed_signouts(page) == [old]
+
+    sign_in(page, "alice")  # a new session, and a new refresh cookie
+    expect(status(page)).to_have_attribute("data-state", "live")
+    new = stored_token(page)
+    cookie = [c["value"] for c in context.cookies() if c["name"] == COOKIE]
+    page.unroute("**/api/auth/logout")
+    page.reload()  # the next page load sends what is owed
+    expect(status(page)).to_have_attribute("data-state", "live")
+    wait_until(lambda: rest_status(server.url, old) == 401, 5, message="the old session ended")
+    wait_until(lambda: owed_signouts(page) == [], 2, message="nothing owed any more")
+    assert rest_status(server.url, new) == 200
+    assert [c["value"] for c in context.cookies() if c["name"] == COOKIE] == cookie  # the new sign-in's cookie stays
+    assert page.evaluate("fetch('/api/auth/refresh', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: '{}'}).then(r => r.status)") == 200

@@ -112,6 +112,23 @@ def test_logout_kills_the_session_not_the_users_other_sessions(client: TestClien
     assert client.post("/api/auth/logout").status_code == 401  # needs a bearer token
 
 
+def test_a_sign_out_sent_late_ends_the_session_with_its_expired_token_and_only_that_session(client: TestClient) -> None:
+    from backend.auth import issue_token
+
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    token, value = sign_in(client)
+    _, other = sign_in(client)  # signed in again since
+    sid = verify_token(settings, token)["sid"]
+    expired, _ = issue_token(settings, "alice", now=time.time() - 3600, sid=str(sid))  # the page's token, an hour on
+    assert client.get("/api/projects", headers=bearer(expired)).status_code == 401  # no use for anything else
+    assert client.post("/api/auth/logout", headers=bearer(expired)).status_code == 204
+    assert refresh(client, value).json()["reason"] == "revoked"
+    assert refresh(client, other).status_code == 200
+    assert client.post("/api/auth/logout", headers=bearer(expired)).status_code == 204  # sent twice: still 204
+    forged = expired[:-4] + ("AAAA" if not expired.endswith("AAAA") else "BBBB")
+    assert client.post("/api/auth/logout", headers=bearer(forged)).status_code == 401  # the signature still counts
+
+
 def test_refresh_lifetime_slides_and_the_session_cap_holds(client: TestClient) -> None:
     store = client.app.state.store  # type: ignore[attr-defined]
     settings = client.app.state.settings  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import base64
 
 from client import session as sessionmod
 from client.session import Session
+from client.signout import SignOuts
 from scenario import Lcg, canon
 
 WALL0 = 1764000000000  # epoch ms at now == 0
@@ -141,6 +142,32 @@ def run(emit):
     st.s.token_seen(None, st.now)
     st.flush("session: storage emptied by another tab")
     emit("  message " + canon(sessionmod.message("elsewhere")))
+
+    signouts(emit)
+
+
+def signouts(emit):
+    """Sign-outs the server has not heard yet (`client.signout.SignOuts`)."""
+    core = SignOuts()
+
+    def flush(label, now):
+        emit("t=" + canon(now) + " signout: " + label + " " + canon([list(c) for c in core.commands()]))
+        emit("  owed=" + canon(core.owed) + " timer=" + canon(core.get_timer()))
+
+    core.start(["T0", 5, "T0"], 0)
+    flush("page load with one owed", 0)
+    core.sign_out("T1", 10)
+    flush("signed out offline", 10)
+    core.answered("T1", 0, 20)
+    core.answered("T0", 0, 20)
+    flush("no answers", 20)
+    core.handle_timer(core.get_timer())
+    flush("retry", 10020)
+    core.wake(["T2"], 10030, "online")
+    flush("online, another tab owes T2", 10030)
+    for token, status in (("T0", 204), ("T1", 401), ("T2", 204)):
+        core.answered(token, status, 10040)
+    flush("answered", 10040)
 
 
 def main():

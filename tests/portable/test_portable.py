@@ -76,6 +76,10 @@ def test_cpython_trace_is_deterministic_and_covers_the_story():
         '["signed_out","refresh_failed"]',
         '["signed_out","rejected"]',
         '["logout","T1"]',
+        # signouts: owed until answered, sent late without cookies, retried on a timer
+        '["logout","T1",true]',
+        '["logout","T0",false]',
+        '["save",[]]',
     ):
         assert needle in text, needle
     assert [line for line in first if line.startswith("stats ")]

@@ -21,6 +21,7 @@ from . import tabs as browser_tabs
 from .adapter import BrowserAdapter, socket_url
 from .details import DetailsPanel
 from .session import BrowserSession
+from .signout import BrowserSignOuts
 from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js, wall_ms
 from .view import View, attr, timezone_offset_min
 
@@ -126,6 +127,7 @@ class DashboardApp:
         self._signed_out = False
         self.tz = timezone_offset_min()
         self.details = DetailsPanel()
+        self.signouts = BrowserSignOuts()  # sign-outs the server has not heard yet (made offline)
 
     async def boot(self):
         """Load `/api/config`, install listeners, then resume a stored session or show the login form."""
@@ -143,6 +145,8 @@ class DashboardApp:
                     self.config.update(loaded)
         except Exception as exc:
             js.console.warn("[WebSocket] config unavailable, using defaults: " + str(exc))
+        self.signouts.attach()
+        self.signouts.start()
         user = storage.user()
         if storage.token() and user is not None:
             self.start_session(user)
@@ -172,7 +176,7 @@ class DashboardApp:
         session.pending.attach(adapter.pump, self.rerender_pending)
         session.unsubs.append(rt.watch(("projects",), self.on_projects))
         adapter.attach()
-        session.auth = BrowserSession(link, rt, adapter, self.on_signed_out)
+        session.auth = BrowserSession(link, rt, adapter, self.on_signed_out, self.signouts.sign_out)
         session.auth.attach()
         session.auth.start(storage.token())
         adapter.start()

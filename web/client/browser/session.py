@@ -1,7 +1,7 @@
 """`BrowserSession`: runs a `client.session.Session` (the token's life) in the browser.
 
-Build it with the link (`client.tabs.Tabs` or the runtime), the runtime, the `BrowserAdapter` and
-`on_signed_out(reason)`; call `attach()`, `start(token)` before the adapter starts, `observe(status)` after
+Build it with the link (`client.tabs.Tabs` or the runtime), the runtime, the `BrowserAdapter`,
+`on_signed_out(reason)` and `sign_out(token)` (the page's `BrowserSignOuts`, which tells the server); call `attach()`, `start(token)` before the adapter starts, `observe(status)` after
 every status change, `sign_out()` for the Sign out button and `dispose()` at the end of the session.
 
 - Refresh: `fetch('/api/auth/refresh', POST, JSON, credentials same-origin)`, ONE at a time for the whole
@@ -12,7 +12,8 @@ every status change, `sign_out()` for the Sign out button and `dispose()` at the
 - Other tabs' writes arrive as `storage` events: a new token is taken (and handed to the open socket), a
   removed one means signed out elsewhere.
 - Wake-ups: `visibilitychange` to visible, `online`, `resume`, `pageshow` from the back/forward cache.
-- Sign-out: `POST /api/auth/logout` with the bearer (`keepalive`, so it outlives the page).
+- Sign-out: the token goes to `sign_out(token)`, which sends `POST /api/auth/logout` now or, offline, later
+  (web/client/browser/signout.py).
 """
 
 import asyncio
@@ -21,6 +22,7 @@ from client.session import Session
 
 from . import storage
 from .adapter import log_record
+from .events import CoreTimer, Listeners
 from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js
 
 REFRESH_LOCK = "dashboard.refresh"
@@ -42,16 +44,15 @@ def locks_supported():
 class BrowserSession:
     """Runs the session core's commands with `fetch`, Web Locks, `localStorage` and one `setTimeout`."""
 
-    def __init__(self, link, rt, adapter, on_signed_out):
+    def __init__(self, link, rt, adapter, on_signed_out, sign_out):
         self.core = Session(epoch_now)
+        self.tell_server = sign_out
         self.link = link
         self.rt = rt
         self.adapter = adapter
         self.on_signed_out = on_signed_out
-        self._listeners = []
-        self._timer = None
-        self._timer_at = None
-        self._timer_proxy = proxy(self._on_timer)
+        self._listeners = Listeners()
+        self._timer = CoreTimer(self._on_timer)
         self._running = False
         self._again = False
         self._disposed = False
@@ -59,11 +60,12 @@ class BrowserSession:
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self):
-        self._listen(js.window, "storage", self._on_storage)
-        self._listen(js.document, "visibilitychange", self._on_visibility)
-        self._listen(js.window, "online", lambda event=None: self._wake("online"))
-        self._listen(js.document, "resume", lambda event=None: self._wake("resume"))
-        self._listen(js.window, "pageshow", self._on_pageshow)
+        add = self._listeners.add
+        add(js.window, "storage", self._on_storage)
+        add(js.document, "visibilitychange", self._on_visibility)
+        add(js.window, "online", lambda event=None: self._wake("online"))
+        add(js.document, "resume", lambda event=None: self._wake("resume"))
+        add(js.window, "pageshow", self._on_pageshow)
 
     def start(self, token):
         self.core.start(token, now_ms())
@@ -88,15 +90,8 @@ class BrowserSession:
         if self._disposed:
             return
         self._disposed = True
-        for target, name, handler in self._listeners:
-            target.removeEventListener(name, handler)
-            release(handler)
-        self._listeners = []
-        if self._timer is not None:
-            js.clearTimeout(self._timer)
-        self._timer = None
-        release(self._timer_proxy)
-        self._timer_proxy = None
+        self._listeners.remove_all()
+        self._timer.dispose()
 
     # -- commands --------------------------------------------------------------------------
 
@@ -117,7 +112,7 @@ class BrowserSession:
         finally:
             self._running = False
         if not self._disposed:
-            self._arm()
+            self._timer.follow(self.core.get_timer())
 
     def _command(self, command):
         kind = command[0]
@@ -132,7 +127,7 @@ class BrowserSession:
             self.link.retry_now(now_ms())
             self.adapter.pump()
         elif kind == "logout":
-            asyncio.create_task(_logout(command[1]))
+            self.tell_server(command[1])
         elif kind == "signed_out":
             self.on_signed_out(command[1])
         elif kind == "log":
@@ -231,44 +226,9 @@ class BrowserSession:
         self.core.wake(now_ms(), why)
         self._run()
 
-    # -- timer -----------------------------------------------------------------------------
-
-    def _arm(self):
-        deadline = self.core.get_timer()
-        if deadline == self._timer_at and (deadline is None or self._timer is not None):
-            return
-        if self._timer is not None:
-            js.clearTimeout(self._timer)
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = js.setTimeout(self._timer_proxy, max(0, int(deadline - now_ms()) + 1))
-
-    def _on_timer(self, *args):
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self):
         if self._disposed:
             return
         self.core.handle_timer(now_ms())
         self._run()
-
-    def _listen(self, target, name, fn):
-        handler = proxy(fn)
-        target.addEventListener(name, handler)
-        self._listeners.append((target, name, handler))
-
-
-async def _logout(token):
-    """Revoke the session on the server; `keepalive` lets it finish even if the page goes away."""
-    options = to_js({
-        "method": "POST",
-        "headers": {"Authorization": "Bearer " + str(token)},
-        "credentials": "same-origin",
-        "cache": "no-store",
-        "keepalive": True,
-    })
-    try:
-        await js.fetch("/api/auth/logout", options)
-    except Exception as exc:  # offline: the access token still dies at its expiry
-        js.console.warn("[Session] sign-out request failed: " + str(exc)[:200])
 

@@ -1,4 +1,5 @@
-"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `forget_token(reason)`, `clear(reason)`.
+"""The signed-in session in `localStorage`: `save(token, user)`, `token()`, `user()`, `forget_token(reason)`, `clear(reason)`;
+sign-outs the server has not heard yet: `owed_signouts()`, `save_owed_signouts(tokens)` (client/signout.py).
 
 Removing the token is how a tab tells the others that the session is over (their `storage` event); the reason
 (`client.session` reasons) is written to `SIGNOUT_KEY` first so they can say why: `signout_reason()`."""
@@ -10,6 +11,7 @@ from .ffi import is_none, js
 TOKEN_KEY = "dashboard.token"
 USER_KEY = "dashboard.user"
 SIGNOUT_KEY = "dashboard.signout"
+OWED_KEY = "dashboard.signout-owed"
 
 
 def _get(key):
@@ -60,3 +62,19 @@ def signout_reason():
 def _why(reason):
     if reason:
         js.window.localStorage.setItem(SIGNOUT_KEY, str(reason))
+
+
+def owed_signouts():
+    """The signed-out tokens whose sign-out the server has not answered yet (a list, maybe empty)."""
+    try:
+        value = json.loads(_get(OWED_KEY) or "[]")
+    except ValueError:
+        return []
+    return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []
+
+
+def save_owed_signouts(tokens):
+    if tokens:
+        js.window.localStorage.setItem(OWED_KEY, json.dumps(list(tokens)))
+    else:
+        js.window.localStorage.removeItem(OWED_KEY)

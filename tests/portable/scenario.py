@@ -292,14 +292,18 @@ def run_pending(emit):
         pages.append(s)
         return s
 
-    s = page()
+    def live_page(stories):
+        s = page()
+        s.rt.start(s.now)
+        s.drain()
+        s.handshake()
+        s.rt.watch(("stories", "apollo"), lambda e: emit("  stories " + canon(e.data)), s.now)
+        s.drain()
+        s.reply("/apollo/stories", 200, stories)
+        return s
+
+    s = live_page([story(1, "todo", 5), story(2, "todo", 5)])
     rt = s.rt
-    rt.start(s.now)
-    s.drain()
-    s.handshake()
-    rt.watch(("stories", "apollo"), lambda e: emit("  stories " + canon(e.data)), s.now)
-    s.drain()
-    s.reply("/apollo/stories", 200, [story(1, "todo", 5), story(2, "todo", 5)])
     s.step("offline: two moves and an escalation")
     rt.network_changed(False, s.now)
     s.drain()
@@ -330,6 +334,20 @@ def run_pending(emit):
               "data": {"escalation": raised, "clientMutationId": rt.pending.queue.ids()[0]}})  # the echo clears the mark
     s.reply("/apollo/escalations", 201, raised)
     s.advance(1000)
+    emit("  pending left " + canon(rt.pending.queue.ids()))
+    s.step("another page, live: a move, a second before its answer, the first answer lost")
+    stored.clear()
+    s = live_page([story(1, "review", 9)])
+    rt = s.rt
+    first = rt.move_story("apollo", 1, "done", s.now)
+    s.drain()
+    rt.move_story("apollo", 1, "blocked", s.now)
+    s.drain()
+    s.reply("/stories/1", 0, None)
+    emit("  queue first " + canon(rt.pending.queue.ids()[0] == first) + " of " + canon(rt.pending.queue.count))
+    s.advance(100)
+    s.reply("/stories/1", 200, story(1, "done", 11))
+    s.reply("/stories/1", 200, story(1, "blocked", 12))
     emit("  pending left " + canon(rt.pending.queue.ids()))
 
 

@@ -204,6 +204,38 @@ def test_live_with_changes_still_waiting_a_new_change_queues_behind_them():
     assert f2[5]["X-Client-Mutation-Id"] == m2
 
 
+def test_live_a_change_made_before_the_last_one_was_answered_waits_and_a_lost_answer_keeps_it_first():
+    d, writes, results = ready(live=True, rand=0.0)
+    m1 = d.rt.move_story("apollo", 7, "review", d.now)
+    (f1,) = mutations(d.pump())  # live, nothing waiting: sent straight away
+    m2 = d.rt.move_story("apollo", 7, "done", d.now)  # the user moves it on before the answer
+    assert mutations(d.pump()) == [] and d.rt.pending.queue.ids() == [m2]
+    assert mutations(d.fetch_result(f1[1], 0, None)) == []  # the answer to the first is lost
+    assert d.rt.pending.queue.ids() == [m1, m2]  # so it goes again, and first: the server sees them as made
+    (again,) = mutations(d.advance(100))
+    assert again[5]["X-Client-Mutation-Id"] == m1
+    (f2,) = mutations(d.fetch_result(again[1], 200, dict(STORIES[0], status="review", updatedAt=300)))
+    assert f2[5]["X-Client-Mutation-Id"] == m2 and json.loads(f2[4])["expect"] == {"status": "review"}
+    d.fetch_result(f2[1], 200, dict(STORIES[0], status="done", updatedAt=301))
+    assert [(r["id"], r["ok"]) for r in results] == [(m1, True), (m2, True)]
+    assert status_of(d, 7) == "done" and d.rt.pending.queue.count == 0 and writes[-1][1] == 0
+
+
+def test_live_a_change_waits_only_for_the_answer_to_the_one_before():
+    d, _, results = ready(live=True)
+    m1 = d.rt.move_story("apollo", 7, "review", d.now)
+    (f1,) = mutations(d.pump())
+    m2 = d.rt.move_story("apollo", 8, "done", d.now)
+    assert mutations(d.pump()) == []
+    (f2,) = mutations(d.fetch_result(f1[1], 200, dict(STORIES[0], status="review", updatedAt=300)))  # at once
+    assert f2[5]["X-Client-Mutation-Id"] == m2
+    d.fetch_result(f2[1], 200, dict(STORIES[1], status="done", updatedAt=301))
+    m3 = d.rt.move_story("apollo", 8, "blocked", d.now)
+    (f3,) = mutations(d.pump())  # nothing in flight: straight away again
+    assert f3[5]["X-Client-Mutation-Id"] == m3 and d.rt.pending.queue.count == 0
+    assert [r["id"] for r in results] == [m1, m2]
+
+
 def test_only_the_sending_tab_sends_and_a_follower_learns_the_outcome_from_storage():
     leader, lwrites, _ = ready(live=False)
     follower, fwrites, fresults = ready(live=False, rand=0.25)

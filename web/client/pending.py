@@ -1,7 +1,8 @@
 """Changes made while the connection is not live: the durable, ordered queue and its flush policy (sans-I/O).
 
 A change (move, raise, resolve) is queued when the connection is not live, when older changes still wait (order),
-or when its request fails without a response (status 0). The queue is a JSON text the adapter keeps in
+while the change sent before it has no answer yet, or when its request fails without a response (status 0; it then
+goes before the changes made after it). The queue is a JSON text the adapter keeps in
 `localStorage` under `storage_key(user_id)` = `dashboard.pending.<userId>`; every tab of that user reads it
 (`storage` event) and shows the same pending marks, and one tab (the tabs leader) sends it, in order, with the
 original `X-Client-Mutation-Id`s (the server answers a repeat from its record, so a change is applied once).
@@ -107,10 +108,16 @@ class PendingQueue:
                 return item
         return None
 
-    def add(self, entry):
-        """Append `entry` (False when the queue is full or the id is known)."""
+    def add(self, entry, in_order=False):
+        """Append `entry` (False when the queue is full or the id is known). `in_order`: a change made before some
+        already queued (sent straight away, then its answer was lost) goes before the first not older than it."""
         if self.full or self.get(entry["id"]) is not None or self.settled(entry["id"]) is not None:
             return False
+        at = _at(entry)
+        for i, other in enumerate(self.entries if in_order else ()):
+            if _at(other) >= at:
+                self.entries.insert(i, entry)
+                return True
         self.entries.append(entry)
         return True
 

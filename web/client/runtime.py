@@ -110,6 +110,7 @@ class Runtime:
         self._batch_keys = None  # while a batch is applied: keys to invalidate once at its end
         self.auth_expires_at = None  # epoch ms of the token the server last accepted in band
         self.pending = None  # client.pending.Pending once enable_pending() ran (docs/client.md, "Pending changes")
+        self._direct = None  # with a queue on: the change sent straight away whose answer has not come yet
         self._counters = {"duplicates": 0, "gaps": 0, "epochChanges": 0, "unrecovered": 0, "recovered": 0, "echoes": 0, "listenerErrors": 0, "events": 0}
 
     # ------------------------------------------------------------------ adapter side
@@ -397,9 +398,10 @@ class Runtime:
         self.pending.changed(self._report)
 
     def _queues(self):
-        """True when a new change must wait in the queue: not live, or older changes still wait."""
+        """True when a new change must wait in the queue: not live, older changes still wait, or the change sent
+        before it has no answer yet (were that answer lost, it is sent again, and must still come first)."""
         p = self.pending
-        return p is not None and (self.connection.state != LIVE or p.queue.count > 0)
+        return p is not None and (self.connection.state != LIVE or p.queue.count > 0 or self._direct is not None)
 
     def _refused(self, kind):
         """The queue is full: the change is refused at once (a record with `refused`), nothing is lost silently."""
@@ -425,6 +427,7 @@ class Runtime:
                 p.changed(self._report)
                 self._flush_pending(now)
                 return
+            self._direct = mutation.id
         self._send_mutation(mutation, method, path, body)
 
     def _restore(self, entry, now):
@@ -469,7 +472,7 @@ class Runtime:
         else:
             outcome = pendingmod.verdict(status)
         if not queued:
-            if status == 0 and mutation.entry is not None and p.queue.add(mutation.entry):
+            if status == 0 and mutation.entry is not None and p.queue.add(mutation.entry, in_order=True):
                 p.attempt = 1  # no answer: the request may have arrived; send it again (same id) after a pause
                 p.retry_at = now + pendingmod.retry_delay(1, p.base_ms, p.max_ms)
                 p.changed(self._report)
@@ -483,9 +486,10 @@ class Runtime:
         return False
 
     def _flush_pending(self, now):
-        """Send the head of the queue when live, ours to send and not backing off (one in flight at a time)."""
+        """Send the head of the queue when live, ours to send and not backing off (one in flight at a time, counting
+        a change sent straight away)."""
         p = self.pending
-        if p is None:
+        if p is None or self._direct is not None:
             return
         entry = p.next(now, self.connection.state == LIVE)
         if entry is None:
@@ -714,8 +718,13 @@ class Runtime:
         self._out.append(("fetch", rid, method, path, text, headers))
 
     def _settle(self, mid, status, ok, body, error, now):
+        direct = mid == self._direct
+        if direct:
+            self._direct = None  # what waits behind it may go now (after it, should it be queued again)
         mutation = self._mutations.get(mid)
         if mutation is None or mutation.done:
+            if direct:
+                self._flush_pending(now)
             return
         if self.pending is not None and self._pending_result(mutation, status, body, now):
             return  # kept in the queue: sent again later with the same id

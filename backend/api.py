@@ -146,14 +146,17 @@ def _store(request: Request) -> Store:
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="dashboard"'}
 
 
-async def _claims(request: Request, route: str) -> dict[str, Any]:
-    """The verified claims of the bearer token of a known user in a live session; 401 otherwise."""
+async def _claims(request: Request, route: str, *, sign_out: bool = False) -> dict[str, Any]:
+    """The verified claims of the bearer token of a known user in a live session; 401 otherwise. `sign_out`: the
+    token may have expired and its session ended (it can only end that session)."""
     token = bearer_token(request.headers.get("authorization"))
     try:
-        claims = verify_token(request.app.state.settings, token)
+        claims = verify_token(request.app.state.settings, token, expired_ok=sign_out)
     except AuthError as exc:
         log_event("http.auth_failed", logging.INFO, route=route, reason=str(exc), ip=_client_ip(request))
         raise ApiError(401, "unauthorized", str(exc), UNAUTHORIZED) from None
+    if sign_out:
+        return claims
     checker = getattr(request.app.state, "token_checker", None)
     reason = await checker(claims) if checker is not None else None
     if reason is not None:
@@ -300,12 +303,8 @@ async def refresh(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """Ends the bearer's session, even when the token has expired or the session has already ended (a sign-out
-    the page could only send once back online, docs/client.md "Sign-out"): a token can only end its own session."""
-    try:
-        claims = verify_token(request.app.state.settings, bearer_token(request.headers.get("authorization")), expired_ok=True)
-    except AuthError as exc:
-        log_event("http.auth_failed", logging.INFO, route="/api/auth/logout", reason=str(exc), ip=_client_ip(request))
-        raise ApiError(401, "unauthorized", str(exc), UNAUTHORIZED) from None
+    the page could only send once back online, docs/client.md "Sessions"): a token can only end its own session."""
+    claims = await _claims(request, "/api/auth/logout", sign_out=True)
     return await request.app.state.sessions.logout(request, claims)  # type: ignore[no-any-return]
 
 

@@ -25,7 +25,7 @@ RETRY_MAX_MS = 300000
 class SignOuts:
     def __init__(self):
         self.owed = []  # tokens, oldest first
-        self.sending = {}  # token -> True while its request is out
+        self.sending = set()  # tokens whose request is out
         self.failures = 0
         self.deadline = None
         self.out = []
@@ -56,7 +56,7 @@ class SignOuts:
     def answered(self, token, status, now):
         """The server's answer to ("logout", token): any HTTP answer settles it (204, or 401 for a token it does not
         know); 0 (network error) keeps it owed and plans a retry."""
-        self.sending.pop(token, None)
+        self.sending.discard(token)
         if status == 0:
             self.failures += 1
             n = self.failures - 1 if self.failures < 12 else 11
@@ -98,9 +98,9 @@ class SignOuts:
             self._send(token, now, why)
 
     def _send(self, token, now, why):
-        if self.sending.get(token):
+        if token in self.sending:
             return
-        self.sending[token] = True
+        self.sending.add(token)
         self._log(now, "session.signout", reason=why)
         self.out.append(("logout", token, why == "sign-out"))
 

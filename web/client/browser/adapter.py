@@ -20,6 +20,7 @@ import json
 from client import logtext
 
 from . import prefetch
+from .events import CoreTimer, Listeners
 from .ffi import is_none, js, now_ms, proxy, release, text, to_js
 
 LOG_PREFIX = "[WebSocket]"
@@ -72,10 +73,8 @@ class BrowserAdapter:
         self.on_pumped = on_pumped
         self.sockets = {}
         self.opened_count = 0
-        self._timer_handle = None
-        self._timer_deadline = None
-        self._timer_proxy = proxy(self._on_timer)
-        self._listeners = []
+        self._timer = CoreTimer(self._on_timer)
+        self._listeners = Listeners()
         self._disposed = False
         self._pumping = False
         self._graveyard = []  # proxies of closed sockets, released outside their own call
@@ -85,13 +84,14 @@ class BrowserAdapter:
     def attach(self):
         """Listen to visibilitychange (document), online/offline (window) and the page lifecycle:
         pagehide/pageshow (window), freeze/resume (document)."""
-        self._listen(js.document, "visibilitychange", self._on_visibility)
-        self._listen(js.window, "online", self._on_online)
-        self._listen(js.window, "offline", self._on_offline)
-        self._listen(js.window, "pagehide", self._on_frozen)
-        self._listen(js.document, "freeze", self._on_frozen)
-        self._listen(js.window, "pageshow", self._on_pageshow)
-        self._listen(js.document, "resume", self._on_resumed)
+        add = self._listeners.add
+        add(js.document, "visibilitychange", self._on_visibility)
+        add(js.window, "online", self._on_online)
+        add(js.window, "offline", self._on_offline)
+        add(js.window, "pagehide", self._on_frozen)
+        add(js.document, "freeze", self._on_frozen)
+        add(js.window, "pageshow", self._on_pageshow)
+        add(js.document, "resume", self._on_resumed)
         if self.tabs is not None:
             self.tabs.attach(self.pump)
 
@@ -120,13 +120,8 @@ class BrowserAdapter:
         self._disposed = True
         if self.tabs is not None:
             self.tabs.dispose()
-        for target, name, handler in self._listeners:
-            target.removeEventListener(name, handler)
-            release(handler)
-        self._listeners = []
-        self._clear_timer()
-        release(self._timer_proxy)
-        self._timer_proxy = None
+        self._listeners.remove_all()
+        self._timer.dispose()
         for sock in list(self.sockets.values()):
             self._forget(sock)
             if not sock.closed:
@@ -148,7 +143,7 @@ class BrowserAdapter:
                     break
                 for command in commands:
                     self._run(command)
-            self._arm_timer()
+            self._timer.follow(self.rt.get_timer())
         finally:
             self._pumping = False
         if self.on_pumped is not None:
@@ -171,26 +166,7 @@ class BrowserAdapter:
 
     # -- timer -----------------------------------------------------------------------------
 
-    def _arm_timer(self):
-        deadline = self.rt.get_timer()
-        if deadline == self._timer_deadline and (deadline is None or self._timer_handle is not None):
-            return
-        self._clear_timer()
-        if deadline is None:
-            return
-        delay = max(0, int(deadline - now_ms()) + 1)
-        self._timer_deadline = deadline
-        self._timer_handle = js.setTimeout(self._timer_proxy, delay)
-
-    def _clear_timer(self):
-        if self._timer_handle is not None:
-            js.clearTimeout(self._timer_handle)
-        self._timer_handle = None
-        self._timer_deadline = None
-
-    def _on_timer(self, *args):
-        self._timer_handle = None
-        self._timer_deadline = None
+    def _on_timer(self):
         if self._disposed:
             return
         self._bury()
@@ -307,11 +283,6 @@ class BrowserAdapter:
 
     def _log(self, record):
         log_record(record)
-
-    def _listen(self, target, name, fn):
-        handler = proxy(fn)
-        target.addEventListener(name, handler)
-        self._listeners.append((target, name, handler))
 
     def _on_visibility(self, event=None):
         if self._disposed:

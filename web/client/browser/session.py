@@ -1,8 +1,9 @@
 """`BrowserSession`: runs a `client.session.Session` (the token's life) in the browser.
 
 Build it with the link (`client.tabs.Tabs` or the runtime), the runtime, the `BrowserAdapter`,
-`on_signed_out(reason)` and `sign_out(token)` (the page's `BrowserSignOuts`, which tells the server); call `attach()`, `start(token)` before the adapter starts, `observe(status)` after
-every status change, `sign_out()` for the Sign out button and `dispose()` at the end of the session.
+`on_signed_out(reason)` and `sign_out(token)` (the page's `BrowserSignOuts`, which tells the server); call
+`attach()`, `start(token)` before the adapter starts, `observe(status)` after every status change, `sign_out()`
+for the Sign out button and `dispose()` at the end of the session.
 
 - Refresh: `fetch('/api/auth/refresh', POST, JSON, credentials same-origin)`, ONE at a time for the whole
   browser: under the Web Lock `REFRESH_LOCK` it first re-reads `localStorage`, and when another tab already
@@ -21,13 +22,12 @@ import asyncio
 from client.session import Session
 
 from . import storage
-from .adapter import log_record
+from .adapter import FETCH_TIMEOUT_MS, log_record
 from .events import CoreTimer, Listeners
 from .ffi import epoch_now, is_none, js, now_ms, proxy, release, text, to_js
 
 REFRESH_LOCK = "dashboard.refresh"
 LOCK_WAIT_MS = 10000
-FETCH_TIMEOUT_MS = 15000
 
 
 def locks_supported():

@@ -11,11 +11,9 @@ import asyncio
 from client.signout import SignOuts
 
 from . import storage
-from .adapter import log_record
+from .adapter import FETCH_TIMEOUT_MS, log_record
 from .events import CoreTimer, Listeners
 from .ffi import js, now_ms, text, to_js
-
-FETCH_TIMEOUT_MS = 15000
 
 
 class BrowserSignOuts:
